@@ -1,1 +1,23 @@
+//! spawnd: a root daemon that starts, supervises and stops JupyterHub single-user servers as
+//! their users, for an unprivileged hub, without sudo.
+//!
+//! The binary (`main.rs`) is thin; the pieces live here:
+//! - [`config`]: the TOML configuration and its validation (`spawnd check-config`);
+//! - [`auth`]: roles from the kernel's peer credentials;
+//! - [`policy`]: who may have a server started, and with what environment;
+//! - [`launch`]: the identity change and exec of a server (fork + async-signal-safe child);
+//! - [`logs`]: per-server log files, opened safely as root, and their tails;
+//! - [`tree`]: finding and killing a server's whole process tree (cgroup v2 or process group);
+//! - [`supervisor`]: the table of servers, exit events from pidfds, stop escalation;
+//! - [`server`]: the socket, connections and request dispatch, with auditing.
 
+pub mod auth;
+pub mod config;
+pub mod launch;
+pub mod logging;
+pub mod logs;
+pub mod policy;
+pub mod server;
+pub mod supervisor;
+pub mod sys;
+pub mod tree;

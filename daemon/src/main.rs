@@ -1,1 +1,213 @@
-fn main() {}
+//! `spawnd`: the daemon, and `spawnd check-config`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use spawnd::config::{self, Config};
+use spawnd::server::Daemon;
+use spawnd::supervisor::Supervisor;
+use spawnd::tree::TreeMode;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tokio_seqpacket::UnixSeqpacketListener;
+
+/// Listen backlog: a whole lecture logging in at once must not see EAGAIN (the kernel caps it
+/// at net.core.somaxconn).
+const BACKLOG: i32 = 4096;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spawnd",
+    version,
+    about = "Starts, supervises and stops JupyterHub single-user servers as their users, for an \
+             unprivileged hub"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and print every problem with its key; exit 1 if any.
+    CheckConfig {
+        /// The file to check (default: --config).
+        path: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { path }) = cli.command {
+        let path = path.unwrap_or(cli.config);
+        return if config::check_config_command(&path) {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
+    spawnd::logging::init();
+    match run(&cli.config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("spawnd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Files the daemon creates are private unless it says otherwise.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    ensure_dir(&config.state_dir, 0o700)?;
+    ensure_dir(&config.log_dir, 0o755)?;
+    let socket_dir = config
+        .socket
+        .parent()
+        .with_context(|| format!("socket path {} has no directory", config.socket.display()))?
+        .to_path_buf();
+    let listen_fd = systemd_listen_fd();
+    if listen_fd.is_none() {
+        ensure_dir(&socket_dir, 0o755)?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("spawnd")
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = match listen_fd {
+            Some(fd) => {
+                set_nonblocking(&fd)?;
+                UnixSeqpacketListener::try_from(fd)
+                    .context("the socket passed by systemd (LISTEN_FDS) is not usable")?
+            }
+            None => bind(&config)?,
+        };
+        let tree = TreeMode::detect(&config.cgroup);
+        if let TreeMode::ProcessGroup { reason } = &tree {
+            tracing::warn!(
+                "process trees are tracked by process group, not cgroup ({reason}); processes \
+                 that leave their session can outlive a stop"
+            );
+        }
+        tracing::info!(
+            socket = %config.socket.display(),
+            tree = %tree.describe(),
+            hub_user = %config.hub_user,
+            group = %config.group,
+            "ready"
+        );
+        let source = config.source.clone();
+        let daemon = Daemon::new(config, Supervisor::new(tree));
+        tokio::spawn(daemon.clone().serve(listener));
+        signals(daemon, source).await
+    })
+}
+
+/// Waits for SIGTERM/SIGINT (exit, leaving servers running) and handles SIGHUP (reload).
+async fn signals(daemon: std::sync::Arc<Daemon>, source: PathBuf) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match Config::load(&source) {
+                Ok(new) => {
+                    tracing::info!("configuration reloaded from {}", source.display());
+                    daemon.set_config(new);
+                }
+                Err(e) => tracing::error!("configuration reload refused, keeping the old one:\n{e}"),
+            },
+        }
+    }
+    let (running, _) = daemon.supervisor().counts();
+    tracing::info!("stopping; {running} servers keep running");
+    Ok(())
+}
+
+/// Creates a root-owned directory if missing, then insists it is private to root.
+fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("could not set the mode of {}", dir.display()))?;
+    }
+    config::check_private_dir(dir).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))
+}
+
+/// The listening socket systemd passed (socket activation), if any.
+fn systemd_listen_fd() -> Option<OwnedFd> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    // SAFETY: systemd passes the listening socket as fd 3 (SD_LISTEN_FDS_START) and nothing
+    // else in this process owns it; this runs once, before anything else could take it.
+    let fd = unsafe { OwnedFd::from_raw_fd(3) };
+    // Servers must not inherit it: mark it close-on-exec.
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Some(fd)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).context("F_GETFL on the systemd socket")?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .context("F_SETFL on the systemd socket")?;
+    Ok(())
+}
+
+/// Binds the socket: removes a stale socket file, binds with a large backlog, then mode 0660
+/// and group `socket_group` (root stays the owner).
+fn bind(config: &Config) -> Result<UnixSeqpacketListener> {
+    let path = &config.socket;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("could not remove the stale socket {}", path.display()))?,
+        Ok(_) => bail!(
+            "{} exists and is not a socket; remove it or choose another `socket` path",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener = UnixSeqpacketListener::bind_with_backlog(path, BACKLOG)
+        .with_context(|| format!("could not bind {}", path.display()))?;
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(config.socket_gid)),
+    )
+    .with_context(|| format!("could not chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("could not chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -206,6 +206,8 @@ pub enum ServerState {
     /// A stop is under way.
     Stopping,
     Exited(ExitStatus),
+    /// The start request is still being carried out (the process is not executing yet).
+    Starting,
 }
 
 impl fmt::Display for ServerState {
@@ -214,6 +216,7 @@ impl fmt::Display for ServerState {
             ServerState::Running => f.write_str("running"),
             ServerState::Stopping => f.write_str("stopping"),
             ServerState::Exited(_) => f.write_str("exited"),
+            ServerState::Starting => f.write_str("starting"),
         }
     }
 }

@@ -1,0 +1,1335 @@
+//! The daemon's configuration: `/etc/spawnd/spawnd.toml` (or `spawnd --config PATH`).
+//!
+//! [`Config::parse`] reads the TOML text, resolves the configured accounts through NSS and
+//! validates everything it can without touching the directories the daemon will write (those
+//! are checked by the daemon at start with [`check_private_dir`]). It never stops at the first
+//! mistake: every problem is collected, each with the key it belongs to, so that an operator
+//! running `spawnd check-config` sees the whole list at once.
+//!
+//! The file-system checks ([`check_executable`], [`check_private_dir`]) are the guard against a
+//! root process being tricked into running or writing something a user controls. They walk the
+//! path one component at a time, following symbolic links themselves, so that every directory
+//! crossed on the way (including those of intermediate links) is checked.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{Group, Uid, User};
+use spawnd_protocol::{env_name_is_valid, validate_profile_name, validate_user_name};
+use toml::{Table, Value};
+
+/// Where the configuration lives unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/spawnd/spawnd.toml";
+/// Default for `socket`.
+pub const DEFAULT_SOCKET: &str = "/run/spawnd/spawnd.sock";
+/// Default for `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/spawnd";
+/// Default for `log_dir`.
+pub const DEFAULT_LOG_DIR: &str = "/var/log/spawnd";
+/// Default for `log_keep`.
+pub const DEFAULT_LOG_KEEP: u32 = 3;
+/// Largest accepted `log_keep`.
+pub const MAX_LOG_KEEP: u32 = 100;
+/// Default for `min_uid`.
+pub const DEFAULT_MIN_UID: u32 = 1000;
+/// Default for `default_profile`.
+pub const DEFAULT_PROFILE: &str = "default";
+/// Default for a profile's `path`.
+pub const DEFAULT_SERVER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Default for a profile's `env_keep`.
+pub const DEFAULT_ENV_KEEP: &[&str] = &["JUPYTERHUB_*", "JPY_*", "LANG", "LC_*", "TZ"];
+/// Default for a profile's `umask`.
+pub const DEFAULT_UMASK: u32 = 0o022;
+/// Default for a profile's `interrupt_timeout`.
+pub const DEFAULT_INTERRUPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for a profile's `term_timeout`.
+pub const DEFAULT_TERM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for a profile's `kill_timeout`.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest accepted stop timeout, in seconds.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// Same limit as the kernel's (ELOOP).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// Variable names that start with one of these are never passed to a server.
+const FORBIDDEN_PREFIXES: &[&str] = &["LD_", "MALLOC_"];
+/// Variable names that are never passed to a server: glibc's "unsecure" variables (those it
+/// strips for set-uid programs; TMPDIR excepted) and the ones spawnd sets from the passwd entry
+/// and the profile.
+const FORBIDDEN_NAMES: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TZDIR",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "PATH",
+];
+
+const TOP_KEYS: &[&str] = &[
+    "socket",
+    "socket_group",
+    "hub_user",
+    "group",
+    "admin_group",
+    "self_service",
+    "min_uid",
+    "deny_users",
+    "state_dir",
+    "log_dir",
+    "log_keep",
+    "cgroup",
+    "default_profile",
+    "profiles",
+];
+
+const PROFILE_KEYS: &[&str] = &[
+    "command",
+    "path",
+    "env",
+    "env_keep",
+    "umask",
+    "allow_args",
+    "interrupt_timeout",
+    "term_timeout",
+    "kill_timeout",
+];
+
+/// How servers are put into cgroups (`cgroup = ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupSetting {
+    /// The cgroup v2 mount + the daemon's own cgroup + `/spawnd`, or process groups when the
+    /// host has no cgroup v2.
+    Auto,
+    /// Never use cgroups: process-group mode.
+    Off,
+    /// This directory is the base under which per-server cgroups are created.
+    Path(PathBuf),
+}
+
+/// One `[profiles.NAME]` table: what a server is started with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub name: String,
+    /// `command[0]` is absolute and passed [`check_executable`] at load time.
+    pub command: Vec<String>,
+    /// PATH for the server.
+    pub path: String,
+    /// Fixed variables, set after the client's.
+    pub env: BTreeMap<String, String>,
+    /// Patterns for the client variables that may pass; a trailing `*` means prefix.
+    pub env_keep: Vec<String>,
+    pub umask: u32,
+    /// May the hub append arguments to `command`?
+    pub allow_args: bool,
+    pub interrupt_timeout: Duration,
+    pub term_timeout: Duration,
+    pub kill_timeout: Duration,
+}
+
+impl Profile {
+    /// Whether a client-supplied variable name may pass: matches env_keep and is not forbidden.
+    pub fn env_allowed(&self, name: &str) -> bool {
+        env_name_is_valid(name)
+            && !env_forbidden(name)
+            && self
+                .env_keep
+                .iter()
+                .any(|pattern| pattern_matches(pattern, name))
+    }
+}
+
+fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
+}
+
+/// Names never passed to a server (LD_*, glibc unsecure vars..., HOME/USER/LOGNAME/SHELL/PATH).
+pub fn env_forbidden(name: &str) -> bool {
+    FORBIDDEN_PREFIXES.iter().any(|p| name.starts_with(p)) || FORBIDDEN_NAMES.contains(&name)
+}
+
+/// A forbidden name (or `PREFIX*` family) that `pattern` would admit, if any.
+fn pattern_admits_forbidden(pattern: &str) -> Option<String> {
+    match pattern.strip_suffix('*') {
+        None => env_forbidden(pattern).then(|| pattern.to_owned()),
+        Some(prefix) => {
+            if let Some(fp) = FORBIDDEN_PREFIXES
+                .iter()
+                .find(|fp| fp.starts_with(prefix) || prefix.starts_with(*fp))
+            {
+                return Some(format!("{fp}*"));
+            }
+            FORBIDDEN_NAMES
+                .iter()
+                .find(|n| n.starts_with(prefix))
+                .map(|n| (*n).to_owned())
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    pub socket: PathBuf,
+    /// `socket_group` resolved; by default the hub user's primary gid.
+    pub socket_gid: u32,
+    pub hub_user: String,
+    pub hub_uid: u32,
+    pub group: String,
+    pub group_gid: u32,
+    pub admin_group: Option<String>,
+    pub admin_gid: Option<u32>,
+    pub self_service: bool,
+    pub min_uid: u32,
+    pub deny_users: BTreeSet<String>,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub log_keep: u32,
+    pub cgroup: CgroupSetting,
+    pub default_profile: String,
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// One thing wrong with the configuration. Displays as `KEY: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The TOML key (`socket`, `profiles.default.command`), or `(syntax)` / `(file)`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// Everything wrong with a configuration file. Displays one line per problem:
+/// `PATH: KEY: message`.
+// Not derived with thiserror: it would take the `source` field for the error source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: {problem}", self.source.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) => {
+                let hint = if e.kind() == io::ErrorKind::NotFound {
+                    "; create it (see the example spawnd.toml) or pass --config PATH".to_owned()
+                } else {
+                    String::new()
+                };
+                Err(ConfigError {
+                    source: path.to_path_buf(),
+                    problems: vec![Problem {
+                        key: "(file)".to_owned(),
+                        message: format!("cannot read the configuration file: {e}{hint}"),
+                    }],
+                })
+            }
+        }
+    }
+
+    /// Parses and validates configuration text; `source` is only used to name it.
+    pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        let mut table: Table = match text.parse() {
+            Ok(table) => table,
+            Err(e) => {
+                return Err(ConfigError {
+                    source: source.to_path_buf(),
+                    problems: vec![syntax_problem(text, &e)],
+                });
+            }
+        };
+        let mut p = Problems::default();
+        p.unknown_keys(&table, TOP_KEYS, "", "top level");
+
+        let socket = take_abs_path(&mut table, "socket", "socket", DEFAULT_SOCKET, &mut p);
+        if let Some(socket) = &socket {
+            check_socket_path(socket, &mut p);
+        }
+
+        let hub = match take_string(&mut table, "hub_user", "hub_user", &mut p) {
+            Got::Absent => {
+                p.add(
+                    "hub_user",
+                    "missing; set it to the account JupyterHub runs as, e.g. hub_user = \
+                     \"jupyterhub\"",
+                );
+                None
+            }
+            Got::Invalid => None,
+            Got::Value(name) => lookup_user(&name, "hub_user", &mut p).and_then(|user| {
+                if user.uid.is_root() {
+                    p.add(
+                        "hub_user",
+                        format!(
+                            "{name:?} is root (uid 0); the hub must run as an unprivileged \
+                             account, e.g. hub_user = \"jupyterhub\""
+                        ),
+                    );
+                    None
+                } else {
+                    Some((name, user.uid.as_raw(), user.gid.as_raw()))
+                }
+            }),
+        };
+
+        let group = match take_string(&mut table, "group", "group", &mut p) {
+            Got::Absent => {
+                p.add(
+                    "group",
+                    "missing; set it to the group whose members may have a server started, \
+                     e.g. group = \"jupyterhub-users\"",
+                );
+                None
+            }
+            Got::Invalid => None,
+            Got::Value(name) => lookup_group(&name, "group", &mut p).map(|gid| (name, gid)),
+        };
+
+        let admin = match take_string(&mut table, "admin_group", "admin_group", &mut p) {
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+            Got::Value(name) => {
+                lookup_group(&name, "admin_group", &mut p).map(|gid| Some((name, gid)))
+            }
+        };
+
+        let socket_gid = match take_string(&mut table, "socket_group", "socket_group", &mut p) {
+            Got::Absent => hub.as_ref().map(|(_, _, gid)| *gid),
+            Got::Invalid => None,
+            Got::Value(name) => lookup_group(&name, "socket_group", &mut p),
+        };
+
+        let self_service =
+            take_bool(&mut table, "self_service", "self_service", &mut p).or_default(false);
+
+        let min_uid = match take_integer(&mut table, "min_uid", "min_uid", &mut p) {
+            Got::Absent => Some(DEFAULT_MIN_UID),
+            Got::Invalid => None,
+            Got::Value(n) => match u32::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    p.add(
+                        "min_uid",
+                        format!(
+                            "{n} is out of range; use a uid between 1 and {}, usually 1000",
+                            u32::MAX
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
+        let deny_users = match take_string_array(&mut table, "deny_users", "deny_users", &mut p) {
+            Got::Absent => Some(BTreeSet::new()),
+            Got::Invalid => None,
+            Got::Value(names) => {
+                let mut ok = true;
+                for name in &names {
+                    if let Err(e) = validate_user_name(name) {
+                        p.add(
+                            "deny_users",
+                            format!("{name:?} is not a valid user name ({e}); fix or remove it"),
+                        );
+                        ok = false;
+                    }
+                }
+                ok.then(|| names.into_iter().collect())
+            }
+        };
+
+        let state_dir = take_abs_path(
+            &mut table,
+            "state_dir",
+            "state_dir",
+            DEFAULT_STATE_DIR,
+            &mut p,
+        );
+        let log_dir = take_abs_path(&mut table, "log_dir", "log_dir", DEFAULT_LOG_DIR, &mut p);
+
+        let log_keep = match take_integer(&mut table, "log_keep", "log_keep", &mut p) {
+            Got::Absent => Some(DEFAULT_LOG_KEEP),
+            Got::Invalid => None,
+            Got::Value(n) => match u32::try_from(n) {
+                Ok(n) if n <= MAX_LOG_KEEP => Some(n),
+                _ => {
+                    p.add(
+                        "log_keep",
+                        format!(
+                            "{n} is out of range; keep between 0 and {MAX_LOG_KEEP} rotated logs"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
+        let cgroup = match take_string(&mut table, "cgroup", "cgroup", &mut p) {
+            Got::Absent => Some(CgroupSetting::Auto),
+            Got::Invalid => None,
+            Got::Value(s) if s == "auto" => Some(CgroupSetting::Auto),
+            Got::Value(s) if s == "off" => Some(CgroupSetting::Off),
+            Got::Value(s) => {
+                if s.starts_with('/') && !s.contains('\0') {
+                    Some(CgroupSetting::Path(PathBuf::from(s)))
+                } else {
+                    p.add(
+                        "cgroup",
+                        format!(
+                            "{s:?} is neither \"auto\", \"off\" nor an absolute path; use one \
+                             of those"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+
+        let default_profile =
+            match take_string(&mut table, "default_profile", "default_profile", &mut p) {
+                Got::Absent => Some(DEFAULT_PROFILE.to_owned()),
+                Got::Invalid => None,
+                Got::Value(s) => Some(s),
+            };
+
+        let mut profiles = BTreeMap::new();
+        match table.remove("profiles") {
+            None => p.add(
+                "profiles",
+                "no profile is defined; add at least one, e.g. [profiles.default] with command = \
+                 [\"/opt/jupyterhub/bin/jupyterhub-singleuser\"]",
+            ),
+            Some(Value::Table(t)) => {
+                if t.is_empty() {
+                    p.add(
+                        "profiles",
+                        "no profile is defined; add at least one, e.g. [profiles.default] with \
+                         command = [\"/opt/jupyterhub/bin/jupyterhub-singleuser\"]",
+                    );
+                }
+                if let Some(default) = &default_profile
+                    && !t.contains_key(default)
+                {
+                    let known: Vec<&str> = t.keys().map(String::as_str).collect();
+                    p.add(
+                        "default_profile",
+                        if known.is_empty() {
+                            format!("{default:?} names no profile; define [profiles.{default}]")
+                        } else {
+                            format!(
+                                "{default:?} names no profile; use one of {} or define \
+                                 [profiles.{}]",
+                                known.join(", "),
+                                quote_key(default)
+                            )
+                        },
+                    );
+                }
+                for (name, value) in t {
+                    if let Some(profile) = parse_profile(&name, value, &mut p) {
+                        profiles.insert(name, profile);
+                    }
+                }
+            }
+            Some(other) => p.wrong_type("profiles", "a table of [profiles.NAME] tables", &other),
+        }
+
+        if !p.0.is_empty() {
+            return Err(ConfigError {
+                source: source.to_path_buf(),
+                problems: p.0,
+            });
+        }
+        // Every None above recorded a problem, so these defaults are never used.
+        let (hub_user, hub_uid, _) = hub.unwrap_or_default();
+        let (group, group_gid) = group.unwrap_or_default();
+        let admin = admin.flatten();
+        Ok(Config {
+            source: source.to_path_buf(),
+            socket: socket.unwrap_or_default(),
+            socket_gid: socket_gid.unwrap_or_default(),
+            hub_user,
+            hub_uid,
+            group,
+            group_gid,
+            admin_group: admin.as_ref().map(|(name, _)| name.clone()),
+            admin_gid: admin.map(|(_, gid)| gid),
+            self_service: self_service.unwrap_or_default(),
+            min_uid: min_uid.unwrap_or(DEFAULT_MIN_UID),
+            deny_users: deny_users.unwrap_or_default(),
+            state_dir: state_dir.unwrap_or_default(),
+            log_dir: log_dir.unwrap_or_default(),
+            log_keep: log_keep.unwrap_or_default(),
+            cgroup: cgroup.unwrap_or(CgroupSetting::Auto),
+            default_profile: default_profile.unwrap_or_default(),
+            profiles,
+        })
+    }
+
+    /// The profile called `name`; `""` means the default profile.
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        let name = if name.is_empty() {
+            self.default_profile.as_str()
+        } else {
+            name
+        };
+        self.profiles.get(name)
+    }
+}
+
+/// What `spawnd check-config [PATH]` does: prints `PATH: ok` to stdout and returns true, or
+/// prints each problem as `PATH: KEY: message` to stderr and returns false.
+pub fn check_config_command(path: &Path) -> bool {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            true
+        }
+        Err(e) => {
+            for problem in &e.problems {
+                eprintln!("{}: {problem}", path.display());
+            }
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading values out of the TOML table
+
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn wrong_type(&mut self, key: &str, expected: &str, found: &Value) {
+        self.add(
+            key,
+            format!("must be {expected}, found {}", type_name(found)),
+        );
+    }
+
+    /// One problem per key of `table` that is not in `known`. `prefix` is prepended to keys.
+    fn unknown_keys(&mut self, table: &Table, known: &[&str], prefix: &str, place: &str) {
+        for key in table.keys() {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let message = match suggest(key, known) {
+                Some(s) => format!("unknown key; did you mean {s}?"),
+                None => format!(
+                    "unknown key; the keys allowed at {place} are {}",
+                    known.join(", ")
+                ),
+            };
+            self.add(&format!("{prefix}{}", quote_key(key)), message);
+        }
+    }
+}
+
+/// The closest known key to a misspelt one, if it is close enough to be a typo.
+fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let lower = key.to_ascii_lowercase().replace('-', "_");
+    known
+        .iter()
+        .map(|k| (edit_distance(&lower, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len() / 2 + 1)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A key as it would be written in TOML: bare when possible, quoted otherwise.
+fn quote_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let message = e.message().trim().to_owned();
+    let message = match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let before = text.get(..start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    };
+    Problem {
+        key: "(syntax)".to_owned(),
+        message: format!("{message}; fix the TOML syntax"),
+    }
+}
+
+/// The outcome of reading one key.
+#[derive(Debug)]
+enum Got<T> {
+    /// The key is not there.
+    Absent,
+    /// The key is there but wrong; a problem has been recorded.
+    Invalid,
+    Value(T),
+}
+
+impl<T> Got<T> {
+    /// `None` when invalid (a problem was recorded), the value or the default otherwise.
+    fn or_default(self, default: T) -> Option<T> {
+        match self {
+            Got::Absent => Some(default),
+            Got::Invalid => None,
+            Got::Value(v) => Some(v),
+        }
+    }
+}
+
+fn take_string(t: &mut Table, name: &str, key: &str, p: &mut Problems) -> Got<String> {
+    match t.remove(name) {
+        None => Got::Absent,
+        Some(Value::String(s)) => {
+            if s.contains('\0') {
+                p.add(key, "contains a NUL character; remove it");
+                Got::Invalid
+            } else {
+                Got::Value(s)
+            }
+        }
+        Some(other) => {
+            p.wrong_type(key, "a string", &other);
+            Got::Invalid
+        }
+    }
+}
+
+fn take_bool(t: &mut Table, name: &str, key: &str, p: &mut Problems) -> Got<bool> {
+    match t.remove(name) {
+        None => Got::Absent,
+        Some(Value::Boolean(b)) => Got::Value(b),
+        Some(other) => {
+            p.wrong_type(key, "true or false", &other);
+            Got::Invalid
+        }
+    }
+}
+
+fn take_integer(t: &mut Table, name: &str, key: &str, p: &mut Problems) -> Got<i64> {
+    match t.remove(name) {
+        None => Got::Absent,
+        Some(Value::Integer(n)) => Got::Value(n),
+        Some(other) => {
+            p.wrong_type(key, "an integer", &other);
+            Got::Invalid
+        }
+    }
+}
+
+/// An array of strings; every bad element is reported.
+fn take_string_array(t: &mut Table, name: &str, key: &str, p: &mut Problems) -> Got<Vec<String>> {
+    match t.remove(name) {
+        None => Got::Absent,
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            let mut ok = true;
+            for (i, item) in items.into_iter().enumerate() {
+                match item {
+                    Value::String(s) if s.contains('\0') => {
+                        p.add(
+                            key,
+                            format!("element {i} ({s:?}) contains a NUL character; remove it"),
+                        );
+                        ok = false;
+                    }
+                    Value::String(s) => out.push(s),
+                    other => {
+                        p.add(
+                            key,
+                            format!("element {i} must be a string, found {}", type_name(&other)),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if ok { Got::Value(out) } else { Got::Invalid }
+        }
+        Some(other) => {
+            p.wrong_type(key, "an array of strings", &other);
+            Got::Invalid
+        }
+    }
+}
+
+fn take_abs_path(
+    t: &mut Table,
+    name: &str,
+    key: &str,
+    default: &str,
+    p: &mut Problems,
+) -> Option<PathBuf> {
+    match take_string(t, name, key, p) {
+        Got::Absent => Some(PathBuf::from(default)),
+        Got::Invalid => None,
+        Got::Value(s) if s.starts_with('/') => Some(PathBuf::from(s)),
+        Got::Value(s) => {
+            p.add(
+                key,
+                format!(
+                    "{s:?} is not an absolute path; write it starting with '/', e.g. {default:?}"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn check_socket_path(socket: &Path, p: &mut Problems) {
+    let len = socket.as_os_str().len();
+    if socket.file_name().is_none() || socket.as_os_str().to_string_lossy().ends_with('/') {
+        p.add(
+            "socket",
+            format!(
+                "{:?} does not name a file; give the socket's full path, e.g. {DEFAULT_SOCKET:?}",
+                socket.display().to_string()
+            ),
+        );
+    } else if len > MAX_SOCKET_PATH {
+        p.add(
+            "socket",
+            format!(
+                "{:?} is {len} bytes long; Unix socket paths are limited to {MAX_SOCKET_PATH} \
+                 bytes, choose a shorter one",
+                socket.display().to_string()
+            ),
+        );
+    }
+}
+
+fn lookup_user(name: &str, key: &str, p: &mut Problems) -> Option<User> {
+    if name.is_empty() {
+        p.add(key, "is empty; give a user name");
+        return None;
+    }
+    match User::from_name(name) {
+        Ok(Some(user)) => Some(user),
+        Ok(None) => {
+            p.add(
+                key,
+                format!("user {name:?} does not exist; create it or correct the name"),
+            );
+            None
+        }
+        Err(e) => {
+            p.add(key, format!("cannot look up user {name:?}: {e}; check NSS"));
+            None
+        }
+    }
+}
+
+fn lookup_group(name: &str, key: &str, p: &mut Problems) -> Option<u32> {
+    if name.is_empty() {
+        p.add(key, "is empty; give a group name");
+        return None;
+    }
+    match Group::from_name(name) {
+        Ok(Some(group)) => Some(group.gid.as_raw()),
+        Ok(None) => {
+            p.add(
+                key,
+                format!("group {name:?} does not exist; create it or correct the name"),
+            );
+            None
+        }
+        Err(e) => {
+            p.add(
+                key,
+                format!("cannot look up group {name:?}: {e}; check NSS"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> {
+    let prefix = format!("profiles.{}", quote_key(name));
+    let before = p.0.len();
+    if name.is_empty() {
+        p.add(&prefix, "the profile name is empty; give it a name");
+    } else if let Err(e) = validate_profile_name(name) {
+        p.add(&prefix, format!("{e}; rename the profile"));
+    }
+    let mut t = match value {
+        Value::Table(t) => t,
+        other => {
+            p.wrong_type(&prefix, &format!("a table ([{prefix}])"), &other);
+            return None;
+        }
+    };
+    p.unknown_keys(
+        &t,
+        PROFILE_KEYS,
+        &format!("{prefix}."),
+        &format!("[{prefix}]"),
+    );
+    let key = |k: &str| format!("{prefix}.{k}");
+
+    let command = {
+        let k = key("command");
+        match take_string_array(&mut t, "command", &k, p) {
+            Got::Absent => {
+                p.add(
+                    &k,
+                    "missing; give the server's command line, e.g. command = \
+                     [\"/opt/jupyterhub/bin/jupyterhub-singleuser\"]",
+                );
+                Vec::new()
+            }
+            Got::Invalid => Vec::new(),
+            Got::Value(command) => {
+                match command.first() {
+                    None => p.add(
+                        &k,
+                        "is empty; give at least the executable, e.g. command = \
+                         [\"/opt/jupyterhub/bin/jupyterhub-singleuser\"]",
+                    ),
+                    Some(exe) if !exe.starts_with('/') => p.add(
+                        &k,
+                        format!(
+                            "the executable {exe:?} is not an absolute path; write its full \
+                             path (PATH is not searched)"
+                        ),
+                    ),
+                    Some(exe) => {
+                        if let Err(e) = check_executable(Path::new(exe)) {
+                            p.add(&k, format!("the executable {exe:?} cannot be trusted: {e}"));
+                        }
+                    }
+                }
+                command
+            }
+        }
+    };
+
+    let path = {
+        let k = key("path");
+        match take_string(&mut t, "path", &k, p) {
+            Got::Absent => DEFAULT_SERVER_PATH.to_owned(),
+            Got::Invalid => String::new(),
+            Got::Value(path) => {
+                if path.is_empty() {
+                    p.add(
+                        &k,
+                        format!("is empty; give a PATH such as {DEFAULT_SERVER_PATH:?}"),
+                    );
+                } else {
+                    for entry in path.split(':') {
+                        if entry.is_empty() {
+                            p.add(
+                                &k,
+                                format!(
+                                    "{path:?} has an empty entry (it would mean the current \
+                                     directory); remove the extra ':'"
+                                ),
+                            );
+                        } else if !entry.starts_with('/') {
+                            p.add(
+                                &k,
+                                format!(
+                                    "entry {entry:?} is not an absolute directory; use absolute \
+                                     directories only"
+                                ),
+                            );
+                        }
+                    }
+                }
+                path
+            }
+        }
+    };
+
+    let env = {
+        let k = key("env");
+        let mut env = BTreeMap::new();
+        match t.remove("env") {
+            None => {}
+            Some(Value::Table(vars)) => {
+                for (var, value) in vars {
+                    if !env_name_is_valid(&var) {
+                        p.add(
+                            &k,
+                            format!(
+                                "{var:?} is not a valid variable name; use letters, digits and \
+                                 '_', not starting with a digit"
+                            ),
+                        );
+                    } else if env_forbidden(&var) {
+                        p.add(
+                            &k,
+                            format!(
+                                "{var} may not be set for a server (loader, libc and \
+                                 identity variables are never passed); remove it"
+                            ),
+                        );
+                    }
+                    match value {
+                        Value::String(s) if s.contains('\0') => p.add(
+                            &k,
+                            format!("the value of {var} contains a NUL character; remove it"),
+                        ),
+                        Value::String(s) => {
+                            env.insert(var, s);
+                        }
+                        other => p.add(
+                            &k,
+                            format!(
+                                "the value of {var} must be a string, found {}; quote it",
+                                type_name(&other)
+                            ),
+                        ),
+                    }
+                }
+            }
+            Some(other) => p.wrong_type(&k, "a table of NAME = \"value\"", &other),
+        }
+        env
+    };
+
+    let env_keep = {
+        let k = key("env_keep");
+        match take_string_array(&mut t, "env_keep", &k, p) {
+            Got::Absent => DEFAULT_ENV_KEEP.iter().map(|s| (*s).to_owned()).collect(),
+            Got::Invalid => Vec::new(),
+            Got::Value(patterns) => {
+                for pattern in &patterns {
+                    let base = pattern.strip_suffix('*').unwrap_or(pattern);
+                    if pattern.is_empty() || (!base.is_empty() && !env_name_is_valid(base)) {
+                        p.add(
+                            &k,
+                            format!(
+                                "{pattern:?} is not a valid pattern; use a variable name, \
+                                 optionally ending in '*' to match a prefix"
+                            ),
+                        );
+                    } else if let Some(bad) = pattern_admits_forbidden(pattern) {
+                        p.add(
+                            &k,
+                            format!(
+                                "{pattern:?} would admit {bad}, which is never passed to a \
+                                 server; use a narrower pattern"
+                            ),
+                        );
+                    }
+                }
+                patterns
+            }
+        }
+    };
+
+    let umask = {
+        let k = key("umask");
+        match t.remove("umask") {
+            None => DEFAULT_UMASK,
+            Some(Value::String(s)) => match parse_umask(&s) {
+                Some(umask) => umask,
+                None => {
+                    p.add(
+                        &k,
+                        format!(
+                            "{s:?} is not an octal umask of at most 0777; write it like \
+                             \"0022\" or \"077\""
+                        ),
+                    );
+                    DEFAULT_UMASK
+                }
+            },
+            Some(Value::Integer(n)) => {
+                p.add(
+                    &k,
+                    format!(
+                        "must be an octal string, found the integer {n}; write it in quotes, \
+                         e.g. umask = \"0022\""
+                    ),
+                );
+                DEFAULT_UMASK
+            }
+            Some(other) => {
+                p.wrong_type(&k, "an octal string such as \"0022\"", &other);
+                DEFAULT_UMASK
+            }
+        }
+    };
+
+    let allow_args = take_bool(&mut t, "allow_args", &key("allow_args"), p)
+        .or_default(true)
+        .unwrap_or(true);
+    let interrupt_timeout = take_seconds(
+        &mut t,
+        "interrupt_timeout",
+        &key("interrupt_timeout"),
+        DEFAULT_INTERRUPT_TIMEOUT,
+        p,
+    );
+    let term_timeout = take_seconds(
+        &mut t,
+        "term_timeout",
+        &key("term_timeout"),
+        DEFAULT_TERM_TIMEOUT,
+        p,
+    );
+    let kill_timeout = take_seconds(
+        &mut t,
+        "kill_timeout",
+        &key("kill_timeout"),
+        DEFAULT_KILL_TIMEOUT,
+        p,
+    );
+
+    (p.0.len() == before).then(|| Profile {
+        name: name.to_owned(),
+        command,
+        path,
+        env,
+        env_keep,
+        umask,
+        allow_args,
+        interrupt_timeout,
+        term_timeout,
+        kill_timeout,
+    })
+}
+
+fn parse_umask(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777)
+}
+
+fn take_seconds(
+    t: &mut Table,
+    name: &str,
+    key: &str,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
+    let out_of_range = |shown: String| {
+        format!(
+            "{shown} is out of range; give a number of seconds between 0 and {MAX_TIMEOUT_SECS}"
+        )
+    };
+    match t.remove(name) {
+        None => default,
+        Some(Value::Integer(n)) => match u64::try_from(n) {
+            Ok(secs) if secs <= MAX_TIMEOUT_SECS => Duration::from_secs(secs),
+            _ => {
+                p.add(key, out_of_range(n.to_string()));
+                default
+            }
+        },
+        Some(Value::Float(f)) => {
+            // `MAX_TIMEOUT_SECS` is small: exact as f64.
+            #[allow(clippy::cast_precision_loss)]
+            let max = MAX_TIMEOUT_SECS as f64;
+            if f.is_finite() && (0.0..=max).contains(&f) {
+                Duration::from_secs_f64(f)
+            } else {
+                p.add(key, out_of_range(f.to_string()));
+                default
+            }
+        }
+        Some(other) => {
+            p.wrong_type(key, "a number of seconds", &other);
+            default
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File-system checks
+
+/// The executable and every directory above it must be owned by root and not writable by group
+/// or others; it must be a regular file with an execute bit.
+///
+/// Symbolic links are followed one hop at a time: every link must be owned by root, and every
+/// directory crossed on the way (the link's own parents, the directories of its target, and so
+/// on) must pass. A directory writable by group or others is accepted on the way only when it
+/// is root-owned and sticky (like `/tmp`), since nobody else can then replace the root-owned
+/// entry inside it. `Err(message)` names the offending path and says what to fix.
+pub fn check_executable(path: &Path) -> Result<(), String> {
+    walk(path, Target::Executable)
+}
+
+/// A directory the daemon writes as root (socket dir, state dir, log root): must be owned by
+/// root and not writable by group or others; every ancestor (and every symbolic link on the
+/// way) must be owned by root and either not writable by group or others or sticky (like
+/// `/tmp`). Does not create anything. `Err(message)` names the offending path and says what to
+/// fix.
+pub fn check_private_dir(path: &Path) -> Result<(), String> {
+    walk(path, Target::PrivateDir)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Executable,
+    PrivateDir,
+}
+
+#[derive(Debug)]
+enum Step {
+    Up,
+    Name(OsString),
+}
+
+fn steps(path: &Path) -> Vec<Step> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(Step::Name(name.to_os_string())),
+            Component::ParentDir => Some(Step::Up),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+fn walk(path: &Path, target: Target) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!(
+            "{} is not an absolute path; give its full path",
+            path.display()
+        ));
+    }
+    let root = Path::new("/");
+    let meta = inspect(root)?;
+    check_ancestor(root, &meta)?;
+
+    // `current` is always a fully resolved directory that has passed the ancestor checks.
+    let mut current = PathBuf::from("/");
+    let mut pending: VecDeque<Step> = steps(path).into();
+    let mut hops = 0;
+    while let Some(step) = pending.pop_front() {
+        let name = match step {
+            Step::Up => {
+                current.pop();
+                continue;
+            }
+            Step::Name(name) => name,
+        };
+        let candidate = current.join(&name);
+        let meta = inspect(&candidate)?;
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            hops += 1;
+            if hops > MAX_SYMLINK_HOPS {
+                return Err(format!(
+                    "{} has too many levels of symbolic links; point it at the real file",
+                    path.display()
+                ));
+            }
+            if meta.uid() != 0 {
+                return Err(not_root_owned(&candidate, meta.uid(), true));
+            }
+            let link = fs::read_link(&candidate).map_err(|e| {
+                format!("cannot read the symbolic link {}: {e}", candidate.display())
+            })?;
+            if link.is_absolute() {
+                current = PathBuf::from("/");
+            }
+            let mut resolved: VecDeque<Step> = steps(&link).into();
+            resolved.extend(pending);
+            pending = resolved;
+            continue;
+        }
+        if pending.is_empty() {
+            return check_final(&candidate, &meta, target);
+        }
+        if !file_type.is_dir() {
+            return Err(format!(
+                "{} is not a directory; fix the path",
+                candidate.display()
+            ));
+        }
+        check_ancestor(&candidate, &meta)?;
+        current = candidate;
+    }
+    // The path ended on a directory already checked as an ancestor ("/", or a trailing "..").
+    let meta = inspect(&current)?;
+    check_final(&current, &meta, target)
+}
+
+fn inspect(path: &Path) -> Result<fs::Metadata, String> {
+    fs::symlink_metadata(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            format!("{} does not exist", path.display())
+        } else {
+            format!("cannot inspect {}: {e}", path.display())
+        }
+    })
+}
+
+fn describe_owner(uid: u32) -> String {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+fn not_root_owned(path: &Path, uid: u32, link: bool) -> String {
+    format!(
+        "{} is owned by {}, not root; run chown {}root {}",
+        path.display(),
+        describe_owner(uid),
+        if link { "-h " } else { "" },
+        path.display()
+    )
+}
+
+fn group_or_other_writable(path: &Path, mode: u32) -> String {
+    format!(
+        "{} is writable by group or others (mode {:04o}); run chmod go-w {}",
+        path.display(),
+        mode & 0o7777,
+        path.display()
+    )
+}
+
+/// A directory on the way: root-owned, and not writable by group or others unless sticky.
+fn check_ancestor(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
+    if meta.uid() != 0 {
+        return Err(not_root_owned(path, meta.uid(), false));
+    }
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(group_or_other_writable(path, mode));
+    }
+    Ok(())
+}
+
+fn check_final(path: &Path, meta: &fs::Metadata, target: Target) -> Result<(), String> {
+    let mode = meta.mode();
+    match target {
+        Target::Executable => {
+            if !meta.file_type().is_file() {
+                return Err(format!(
+                    "{} is not a regular file; point the command at the executable itself",
+                    path.display()
+                ));
+            }
+            if meta.uid() != 0 {
+                return Err(not_root_owned(path, meta.uid(), false));
+            }
+            if mode & 0o022 != 0 {
+                return Err(group_or_other_writable(path, mode));
+            }
+            if mode & 0o111 == 0 {
+                return Err(format!(
+                    "{} is not executable (mode {:04o}); run chmod 755 {}",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                ));
+            }
+        }
+        Target::PrivateDir => {
+            if !meta.file_type().is_dir() {
+                return Err(format!(
+                    "{} is not a directory; remove it or choose another path",
+                    path.display()
+                ));
+            }
+            if meta.uid() != 0 {
+                return Err(not_root_owned(path, meta.uid(), false));
+            }
+            if mode & 0o022 != 0 {
+                return Err(group_or_other_writable(path, mode));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,409 @@
+//! Starting a server process as its user.
+//!
+//! Everything that allocates (argument and environment arrays, the group list, paths) is
+//! computed in [`LaunchSpec::new`], before fork. Between fork and exec the child makes only
+//! async-signal-safe system calls, in this order: reset signals, enter the server's cgroup,
+//! `setsid`, `setgroups`, `setresgid`, `setresuid`, check that uid 0 cannot be regained,
+//! `chdir` to the home directory (as the user, so permissions are the user's), `umask`, stdin
+//! from /dev/null, stdout and stderr to the log, every other descriptor close-on-exec, `execve`.
+//! A failing step writes `(step, errno)` to a close-on-exec pipe and exits; the parent reads
+//! the pipe, so it learns the exact step and error, or (end of file) that exec succeeded.
+
+use std::ffi::{CString, c_char};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// One step of the child's set-up, as reported back through the pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    Signals = 1,
+    Cgroup = 2,
+    Setsid = 3,
+    Setgroups = 4,
+    Setgid = 5,
+    Setuid = 6,
+    RegainRoot = 7,
+    Chdir = 8,
+    Stdio = 9,
+    Exec = 10,
+}
+
+impl Step {
+    fn from_u8(b: u8) -> Option<Step> {
+        use Step::*;
+        [
+            Signals, Cgroup, Setsid, Setgroups, Setgid, Setuid, RegainRoot, Chdir, Stdio, Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == b)
+    }
+}
+
+/// Why a launch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The child reported a failed step.
+    #[error("{}", describe(*step, *errno, spec))]
+    Child {
+        step: Step,
+        errno: i32,
+        spec: SpecSummary,
+    },
+    /// The daemon could not fork or set up the launch.
+    #[error("could not start a process for user {user}: {what}: {source}")]
+    Parent {
+        user: String,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// What an error message needs to know about the launch.
+#[derive(Debug, Clone)]
+pub struct SpecSummary {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub program: String,
+    pub home: String,
+}
+
+fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
+    let err = io::Error::from_raw_os_error(errno);
+    let user = &s.user;
+    match step {
+        Step::Chdir => format!(
+            "the home directory {} of user {user} is missing or not accessible to that user \
+             ({err}); create it (for example with `mkhomedir_helper {user}`) or fix its \
+             ownership and permissions",
+            s.home
+        ),
+        Step::Exec => format!(
+            "could not execute {} as user {user} ({err}); check that the file exists and that \
+             the user can read and execute it and every directory above it",
+            s.program
+        ),
+        Step::Setgroups | Step::Setgid | Step::Setuid => format!(
+            "could not switch to user {user} (uid {}, gid {}) at {step}: {err}; the daemon \
+             needs CAP_SETUID and CAP_SETGID",
+            s.uid, s.gid
+        ),
+        Step::RegainRoot => format!(
+            "refusing to run the server of {user}: after switching to uid {} the process could \
+             still regain root",
+            s.uid
+        ),
+        Step::Cgroup => format!("could not move the server of {user} into its cgroup: {err}"),
+        Step::Signals | Step::Setsid | Step::Stdio => {
+            format!("could not set up the server process of {user} at {step}: {err}")
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Step::Signals => "signal reset",
+            Step::Cgroup => "cgroup entry",
+            Step::Setsid => "setsid",
+            Step::Setgroups => "setgroups",
+            Step::Setgid => "setresgid",
+            Step::Setuid => "setresuid",
+            Step::RegainRoot => "root regain check",
+            Step::Chdir => "chdir to home",
+            Step::Stdio => "standard streams",
+            Step::Exec => "exec",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Everything the child needs, prepared before fork.
+#[derive(Debug)]
+pub struct LaunchSpec {
+    program: CString,
+    // Owned storage behind the pointer arrays.
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+    groups: Vec<libc::gid_t>,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    home: CString,
+    umask: libc::mode_t,
+    dev_null: CString,
+    log: OwnedFd,
+    cgroup_procs: Option<OwnedFd>,
+    summary: SpecSummary,
+}
+
+// SAFETY: the raw pointers point into the CStrings owned by the same struct, which are never
+// mutated; moving the struct between threads moves their heap buffers' owners, not the buffers.
+unsafe impl Send for LaunchSpec {}
+
+/// Inputs of [`LaunchSpec::new`].
+#[derive(Debug)]
+pub struct LaunchInput<'a> {
+    pub user: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    /// Full group list; passed to setgroups as is.
+    pub groups: &'a [u32],
+    pub home: &'a str,
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub umask: u32,
+    /// Where stdout and stderr go.
+    pub log: OwnedFd,
+    /// The server's `cgroup.procs`, opened for writing, if it has a cgroup.
+    pub cgroup_procs: Option<OwnedFd>,
+}
+
+fn cstring(what: &'static str, s: &str, user: &str) -> Result<CString, LaunchError> {
+    CString::new(s).map_err(|_| LaunchError::Parent {
+        user: user.to_string(),
+        what,
+        source: io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
+    })
+}
+
+impl LaunchSpec {
+    pub fn new(input: LaunchInput<'_>) -> Result<LaunchSpec, LaunchError> {
+        let user = input.user;
+        let argv = input
+            .argv
+            .iter()
+            .map(|a| cstring("argument", a, user))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = input.argv.first() else {
+            return Err(LaunchError::Parent {
+                user: user.to_string(),
+                what: "command",
+                source: io::Error::new(io::ErrorKind::InvalidInput, "empty command"),
+            });
+        };
+        let program = cstring("program", first, user)?;
+        let envp = input
+            .env
+            .iter()
+            .map(|(k, v)| cstring("environment", &format!("{k}={v}"), user))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(LaunchSpec {
+            program,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+            groups: input.groups.to_vec(),
+            uid: input.uid,
+            gid: input.gid,
+            home: cstring("home directory", input.home, user)?,
+            umask: input.umask as libc::mode_t,
+            dev_null: c"/dev/null".to_owned(),
+            log: input.log,
+            cgroup_procs: input.cgroup_procs,
+            summary: SpecSummary {
+                user: user.to_string(),
+                uid: input.uid,
+                gid: input.gid,
+                program: first.clone(),
+                home: input.home.to_string(),
+            },
+        })
+    }
+}
+
+/// A started server: its pid and a pidfd opened while it was still our unreaped child (so the
+/// pidfd can only ever refer to it).
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+/// Forks, sets the child up and executes the server. Blocks until the exec has succeeded or
+/// failed (a few milliseconds); call it from a blocking thread.
+pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
+    let parent_err = |what: &'static str, source: io::Error| LaunchError::Parent {
+        user: spec.summary.user.clone(),
+        what,
+        source,
+    };
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(parent_err("pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut empty_set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a sigset_t we own.
+    unsafe { libc::sigemptyset(&mut empty_set) };
+
+    // SAFETY: fork is called with everything the child needs already computed; the child
+    // branch below only makes async-signal-safe calls and ends in execve or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(parent_err("fork", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child; child_setup never returns.
+        unsafe { child_setup(&spec, &empty_set, write_end.as_raw_fd()) }
+    }
+    drop(write_end);
+
+    // Our child cannot be reaped by anyone else, so this pidfd is for it and nothing else.
+    let pidfd = crate::sys::pidfd_open(pid);
+
+    let mut report = [0u8; 5];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: reading into the remaining part of a local buffer.
+        let n = unsafe {
+            libc::read(
+                read_end.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    if got == 0 {
+        // End of file: the pipe was closed by a successful exec.
+        return match pidfd {
+            Ok(pidfd) => Ok(Launched { pid, pidfd }),
+            Err(e) => {
+                kill_and_reap(pid);
+                Err(parent_err("pidfd_open", e))
+            }
+        };
+    }
+    reap(pid);
+    let step = Step::from_u8(report[0]).unwrap_or(Step::Exec);
+    let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
+    Err(LaunchError::Child {
+        step,
+        errno,
+        spec: spec.summary.clone(),
+    })
+}
+
+fn reap(pid: i32) {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child; status is a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+fn kill_and_reap(pid: i32) {
+    // SAFETY: our own unreaped child; its pid cannot have been reused.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid);
+}
+
+/// The child between fork and exec. Only async-signal-safe calls: no allocation, no locks, no
+/// logging, no panics.
+///
+/// # Safety
+/// Must only be called in the child right after fork.
+unsafe fn child_setup(spec: &LaunchSpec, empty_set: &libc::sigset_t, report: RawFd) -> ! {
+    // SAFETY: every call below is an async-signal-safe system call on data
+    // that was fully prepared before fork and is not modified here.
+    unsafe {
+        macro_rules! check {
+            ($step:expr, $call:expr) => {
+                if $call < 0 {
+                    fail(report, $step, *libc::__errno_location());
+                }
+            };
+        }
+        // Rust ignores SIGPIPE, and ignored signals stay ignored across exec: restore every
+        // disposition and unblock everything, as a fresh process expects.
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let r = libc::pthread_sigmask(libc::SIG_SETMASK, empty_set, std::ptr::null_mut());
+        if r != 0 {
+            fail(report, Step::Signals, r);
+        }
+        if let Some(procs) = &spec.cgroup_procs {
+            // "0" moves the writing process itself into the cgroup, before it can fork.
+            check!(
+                Step::Cgroup,
+                libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1)
+            );
+        }
+        check!(Step::Setsid, libc::setsid());
+        check!(
+            Step::Setgroups,
+            libc::setgroups(spec.groups.len(), spec.groups.as_ptr())
+        );
+        check!(Step::Setgid, libc::setresgid(spec.gid, spec.gid, spec.gid));
+        check!(Step::Setuid, libc::setresuid(spec.uid, spec.uid, spec.uid));
+        if libc::setresuid(0, 0, 0) == 0 || libc::setuid(0) == 0 {
+            fail(report, Step::RegainRoot, libc::EPERM);
+        }
+        check!(Step::Chdir, libc::chdir(spec.home.as_ptr()));
+        libc::umask(spec.umask);
+        let null = libc::open(spec.dev_null.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        check!(Step::Stdio, null);
+        check!(Step::Stdio, libc::dup2(null, 0));
+        let log = spec.log.as_raw_fd();
+        check!(Step::Stdio, libc::dup2(log, 1));
+        check!(Step::Stdio, libc::dup2(log, 2));
+        // Everything above 2 closes at exec, including the report pipe (which must stay open
+        // until then) and whatever the daemon had open.
+        check!(
+            Step::Stdio,
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC
+            )
+        );
+        libc::execve(
+            spec.program.as_ptr(),
+            spec.argv_ptrs.as_ptr(),
+            spec.envp_ptrs.as_ptr(),
+        );
+        fail(report, Step::Exec, *libc::__errno_location());
+    }
+}
+
+/// Reports a failed step to the parent and exits. Async-signal-safe.
+fn fail(report: RawFd, step: Step, errno: i32) -> ! {
+    let e = errno.to_ne_bytes();
+    let msg = [step as u8, e[0], e[1], e[2], e[3]];
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; msg is a local array.
+    unsafe {
+        libc::write(report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}

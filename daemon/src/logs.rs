@@ -1,0 +1,200 @@
+//! Per-server log files. The daemon opens them as root inside root-owned directories, without
+//! following symlinks, and hands the server an open descriptor, never a path it could swap.
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
+use nix::unistd::{Gid, Group, Uid, fchown};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// The file name used for a server: the server name, or `@default` for the default server
+/// (`@` is never allowed in server names, so the two cannot collide).
+pub fn server_file_stem(server: &str) -> &str {
+    if server.is_empty() {
+        "@default"
+    } else {
+        server
+    }
+}
+
+/// `<log_dir>/<user>/<server>.log`.
+pub fn log_path(log_dir: &Path, user: &str, server: &str) -> PathBuf {
+    log_dir
+        .join(user)
+        .join(format!("{}.log", server_file_stem(server)))
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+fn open_dir(dir: impl AsFd, name: &str) -> io::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno_io)
+}
+
+/// Opens (creating and rotating) the log of `server` for `user`, for appending. The user's
+/// directory is root-owned; it is readable by the user's group only when that group is the
+/// user's private group (named like the user), else by root alone. `keep` older generations
+/// are kept as `.1` … `.keep`.
+pub fn open_server_log(
+    log_dir: &Path,
+    user: &str,
+    user_gid: u32,
+    server: &str,
+    keep: u32,
+) -> io::Result<(OwnedFd, PathBuf)> {
+    let root = nix::fcntl::open(
+        log_dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno_io)?;
+    match mkdirat(&root, user, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(errno_io(e)),
+    }
+    let dir = open_dir(&root, user)?;
+    let st = fstat(&dir).map_err(errno_io)?;
+    if st.st_uid != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "log directory {} is owned by uid {}, not root; remove it so spawnd can recreate it",
+                log_dir.join(user).display(),
+                st.st_uid
+            ),
+        ));
+    }
+    let private_group = Group::from_gid(Gid::from_raw(user_gid))
+        .ok()
+        .flatten()
+        .is_some_and(|g| g.name == user);
+    let (gid, dir_mode, file_mode) = if private_group {
+        (user_gid, 0o750, 0o640)
+    } else {
+        (0, 0o700, 0o600)
+    };
+    fchown(&dir, Some(Uid::from_raw(0)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
+    fchmod(&dir, Mode::from_bits_truncate(dir_mode)).map_err(errno_io)?;
+
+    let stem = server_file_stem(server);
+    let name = format!("{stem}.log");
+    if keep > 0 {
+        for generation in (1..keep).rev() {
+            let from = format!("{name}.{generation}");
+            let to = format!("{name}.{}", generation + 1);
+            match renameat(&dir, from.as_str(), &dir, to.as_str()) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(errno_io(e)),
+            }
+        }
+        match renameat(&dir, name.as_str(), &dir, format!("{name}.1").as_str()) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(errno_io(e)),
+        }
+    }
+    let mut flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_APPEND
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOCTTY;
+    if keep == 0 {
+        flags |= OFlag::O_TRUNC;
+    }
+    let file = openat(
+        &dir,
+        name.as_str(),
+        flags,
+        Mode::from_bits_truncate(file_mode),
+    )
+    .map_err(errno_io)?;
+    let st = fstat(&file).map_err(errno_io)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "log file {} is not a plain file",
+                log_dir.join(user).join(&name).display()
+            ),
+        ));
+    }
+    fchown(&file, Some(Uid::from_raw(0)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
+    fchmod(&file, Mode::from_bits_truncate(file_mode)).map_err(errno_io)?;
+    Ok((file, log_dir.join(user).join(name)))
+}
+
+/// The last `lines` lines of a log, reading at most `max_bytes` from its end. Returns the lines
+/// and whether fewer were returned than asked because of `max_bytes`.
+pub fn tail(path: &Path, lines: usize, max_bytes: u64) -> io::Result<(Vec<String>, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a plain file",
+        ));
+    }
+    let len = file.seek(SeekFrom::End(0))?;
+    let start = len.saturating_sub(max_bytes);
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    file.take(max_bytes).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut all: Vec<&str> = text.split_terminator('\n').collect();
+    // The first line is partial when we did not start at the beginning of the file.
+    let cut_partial = start > 0 && !all.is_empty();
+    if cut_partial {
+        all.remove(0);
+    }
+    let truncated = cut_partial && all.len() < lines;
+    let from = all.len().saturating_sub(lines);
+    Ok((
+        all[from..].iter().map(|l| l.to_string()).collect(),
+        truncated,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn stems() {
+        assert_eq!(server_file_stem(""), "@default");
+        assert_eq!(server_file_stem("gpu"), "gpu");
+        assert_eq!(
+            log_path(Path::new("/l"), "al", ""),
+            Path::new("/l/al/@default.log")
+        );
+    }
+
+    #[test]
+    fn tail_returns_last_lines_and_flags_truncation() {
+        let dir = std::env::temp_dir().join(format!("spawnd-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.log");
+        let mut f = std::fs::File::create(&p).unwrap();
+        for i in 0..100 {
+            writeln!(f, "line {i}").unwrap();
+        }
+        let (l, t) = tail(&p, 3, 1 << 20).unwrap();
+        assert_eq!(l, vec!["line 97", "line 98", "line 99"]);
+        assert!(!t);
+        let (l, t) = tail(&p, 50, 40).unwrap();
+        assert!(t && l.len() < 50 && l.last().unwrap() == "line 99", "{l:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

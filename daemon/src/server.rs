@@ -1,0 +1,552 @@
+//! The socket: admitting peers, reading requests, answering them, auditing every one.
+
+use crate::auth::{self, Peer, Role};
+use crate::config::{self, Config, Profile};
+use crate::launch::{self, LaunchInput, LaunchSpec};
+use crate::logs;
+use crate::policy::{self, Target};
+use crate::supervisor::{NewServer, Reservation, StopTimeouts, Supervisor, Viewer};
+use spawnd_protocol::{
+    DaemonStatus, DecodeError, ErrorKind, ErrorReply, LogTail, MAX_LIST_PAGE, MAX_PACKET, Request,
+    Response, ServerId, StartRequest, Started, decode_request, encode_response,
+};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+
+/// Requests one connection may have in flight at once; past that it gets `Busy`.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct Daemon {
+    config: RwLock<Arc<Config>>,
+    supervisor: Arc<Supervisor>,
+    started: Instant,
+}
+
+type Reply = Result<Response, ErrorReply>;
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(kind, message)
+}
+
+impl Daemon {
+    pub fn new(config: Config, supervisor: Supervisor) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            config: RwLock::new(Arc::new(config)),
+            supervisor: Arc::new(supervisor),
+            started: Instant::now(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the configuration (after a successful reload); applies to the next requests.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.supervisor
+    }
+
+    /// Accepts connections until the listener fails for good.
+    pub async fn serve(self: Arc<Self>, mut listener: UnixSeqpacketListener) {
+        loop {
+            let socket = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: keep the daemon up, back off a little.
+                    tracing::error!("accepting a connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let peer = match peer_of(&socket) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(target: "audit", "refused a connection: cannot read its credentials: {e}");
+                    continue;
+                }
+            };
+            let Some(role) = auth::role_of(&peer, &self.config()) else {
+                tracing::warn!(
+                    target: "audit",
+                    peer_uid = peer.uid,
+                    peer_pid = peer.pid,
+                    "refused a connection: no role for this uid (not root, admin, hub or \
+                     self-service user)"
+                );
+                // Dropping closes it before a byte is read.
+                continue;
+            };
+            tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, %role, "connection");
+            tokio::spawn(self.clone().connection(socket, peer, role));
+        }
+    }
+
+    async fn connection(self: Arc<Self>, socket: UnixSeqpacket, peer: Peer, role: Role) {
+        let socket = Arc::new(socket);
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+        let mut buf = vec![0u8; MAX_PACKET];
+        loop {
+            let info = match socket.recv(&mut buf).await {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::debug!(peer_uid = peer.uid, "connection ended: {e}");
+                    break;
+                }
+            };
+            if info.truncated() {
+                let e = DecodeError::TooLarge;
+                self.refuse_packet(&socket, &peer, role, &e).await;
+                continue;
+            }
+            let n = info.bytes_read();
+            if n == 0 {
+                break;
+            }
+            let envelope = match decode_request(&buf[..n]) {
+                Ok(env) => env,
+                Err(e) => {
+                    self.refuse_packet(&socket, &peer, role, &e).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                let reply = err(
+                    ErrorKind::Busy,
+                    format!(
+                        "this connection already has {MAX_IN_FLIGHT_PER_CONNECTION} requests in \
+                         flight; wait for answers before sending more"
+                    ),
+                );
+                send(&socket, envelope.id, &Response::Error(reply)).await;
+                continue;
+            };
+            let me = self.clone();
+            let socket = socket.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                let request = envelope.body;
+                let reply = me.handle(&peer, role, &request).await;
+                audit(&peer, role, &request, &reply);
+                let response = reply.unwrap_or_else(Response::Error);
+                send(&socket, envelope.id, &response).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn refuse_packet(
+        &self,
+        socket: &UnixSeqpacket,
+        peer: &Peer,
+        role: Role,
+        e: &DecodeError,
+    ) {
+        let kind = match e {
+            DecodeError::UnsupportedVersion { .. } => ErrorKind::Unsupported,
+            _ => ErrorKind::InvalidRequest,
+        };
+        tracing::warn!(
+            target: "audit",
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            %role,
+            "refused a packet: {e}"
+        );
+        send(socket, e.id(), &Response::Error(err(kind, e.to_string()))).await;
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: &Arc<Self>, peer: &Peer, role: Role, request: &Request) -> Reply {
+        if !auth::may(role, request) {
+            return Err(err(
+                ErrorKind::Unauthorized,
+                format!(
+                    "the {role} role may not {}; self-service users may list, poll, read logs \
+                     of and stop their own servers",
+                    request.action()
+                ),
+            ));
+        }
+        if let (Role::User, Some(id)) = (role, request.target()) {
+            self.check_own(peer, id).await?;
+        }
+        let sup = &self.supervisor;
+        match request {
+            Request::Start(start) => self.start(peer, start).await,
+            Request::Poll { server, instance } => sup.poll(server, *instance).map(Response::Polled),
+            Request::Stop {
+                server,
+                instance,
+                now,
+            } => sup
+                .stop(server, *instance, *now)
+                .await
+                .map(|(instance, exit)| Response::Stopped { instance, exit }),
+            Request::Signal {
+                server,
+                instance,
+                signal,
+            } => sup
+                .signal(server, *instance, *signal)
+                .map(|()| Response::Signalled),
+            Request::List { after, limit } => {
+                let viewer = match role {
+                    Role::Admin => Viewer::All,
+                    Role::Hub => Viewer::StartedBy(peer.uid),
+                    Role::User => Viewer::OwnedBy(peer.uid),
+                };
+                let limit = if *limit == 0 { MAX_LIST_PAGE } else { *limit };
+                Ok(Response::Servers(sup.list(
+                    viewer,
+                    after.as_ref(),
+                    limit as usize,
+                )))
+            }
+            Request::Logs { server, lines } => self.logs(server, *lines).await,
+            Request::Status => Ok(self.status(role)),
+        }
+    }
+
+    /// A self-service user may only touch servers of their own user name.
+    async fn check_own(&self, peer: &Peer, id: &ServerId) -> Result<(), ErrorReply> {
+        let uid = peer.uid;
+        let name = tokio::task::spawn_blocking(move || {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+        })
+        .await
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+        if name.as_deref() == Some(id.user.as_str()) {
+            Ok(())
+        } else {
+            Err(err(
+                ErrorKind::Unauthorized,
+                format!("uid {uid} may only act on its own servers, not on {id}"),
+            ))
+        }
+    }
+
+    async fn start(self: &Arc<Self>, peer: &Peer, req: &StartRequest) -> Reply {
+        let config = self.config();
+        let profile = config.profile(&req.profile).cloned().ok_or_else(|| {
+            let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
+            err(
+                ErrorKind::PolicyDenied,
+                format!(
+                    "profile {:?} is not defined in {}; defined profiles: {}",
+                    req.profile,
+                    config.source.display(),
+                    known.join(", ")
+                ),
+            )
+        })?;
+        if !req.args.is_empty() && !profile.allow_args {
+            return Err(err(
+                ErrorKind::PolicyDenied,
+                format!(
+                    "profile {} does not allow the hub to add arguments (allow_args = false)",
+                    profile.name
+                ),
+            ));
+        }
+        let (user, cfg) = (req.server.user.clone(), config.clone());
+        let target = tokio::task::spawn_blocking(move || policy::resolve_target(&user, &cfg))
+            .await
+            .map_err(|e| err(ErrorKind::Internal, format!("user lookup failed: {e}")))??;
+
+        let reservation = self.supervisor.reserve(NewServer {
+            id: req.server.clone(),
+            uid: target.uid,
+            owner_uid: peer.uid,
+            profile: profile.name.clone(),
+            port: req.port,
+            log_path: logs::log_path(&config.log_dir, &target.name, &req.server.server),
+            timeouts: StopTimeouts {
+                interrupt: profile.interrupt_timeout,
+                term: profile.term_timeout,
+                kill: profile.kill_timeout,
+            },
+        })?;
+        let me = self.clone();
+        let (r, req2) = (reservation.clone(), req.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            prepare_and_launch(&me, &config, &profile, &target, &req2, &r)
+        })
+        .await
+        .map_err(|e| err(ErrorKind::Internal, format!("start task failed: {e}")))
+        .and_then(|r| r);
+        match result {
+            Ok(done) => {
+                let started = Started {
+                    instance: reservation.instance,
+                    pid: done.launched.pid as u32,
+                    dropped_env: done.dropped_env,
+                    log_path: done.log_path.to_string_lossy().into_owned(),
+                };
+                self.supervisor
+                    .running(&reservation, done.launched, done.cgroup, done.log_path);
+                Ok(Response::Started(started))
+            }
+            Err(e) => {
+                self.supervisor.abandon(&reservation);
+                Err(e)
+            }
+        }
+    }
+
+    async fn logs(&self, id: &ServerId, lines: u32) -> Reply {
+        let path = match self.supervisor.owner_and_log(id) {
+            Some((_, path)) => path,
+            None => logs::log_path(&self.config().log_dir, &id.user, &id.server),
+        };
+        let (p, id2) = (path.clone(), id.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            logs::tail(&p, lines as usize, (MAX_PACKET - 8 * 1024) as u64)
+        })
+        .await
+        .map_err(|e| err(ErrorKind::Internal, format!("log task failed: {e}")))?;
+        let (mut lines, mut truncated) = read.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                err(
+                    ErrorKind::NotFound,
+                    format!("server {id2} has no log at {}", path.display()),
+                )
+            } else {
+                err(
+                    ErrorKind::Internal,
+                    format!("could not read {}: {e}", path.display()),
+                )
+            }
+        })?;
+        // Keep the answer within one packet: each line costs its bytes plus a length prefix.
+        let budget = MAX_PACKET - 1024 - path.as_os_str().len();
+        let mut size: usize = lines.iter().map(|l| l.len() + 3).sum();
+        let mut drop_front = 0;
+        while size > budget && drop_front < lines.len() {
+            size -= lines[drop_front].len() + 3;
+            drop_front += 1;
+        }
+        if drop_front > 0 {
+            lines.drain(..drop_front);
+            truncated = true;
+        }
+        Ok(Response::Logs(LogTail {
+            path: path.to_string_lossy().into_owned(),
+            lines,
+            truncated,
+        }))
+    }
+
+    fn status(&self, role: Role) -> Response {
+        let (running, exited) = self.supervisor.counts();
+        Response::Status(DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: spawnd_protocol::VERSION,
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            running,
+            exited,
+            tree_kill: self.supervisor.tree().describe(),
+            capabilities: crate::sys::effective_capabilities(),
+            your_role: role.to_string(),
+        })
+    }
+}
+
+struct Launch {
+    launched: launch::Launched,
+    cgroup: Option<PathBuf>,
+    log_path: PathBuf,
+    dropped_env: Vec<String>,
+}
+
+/// Everything of a start that touches the file system or forks; runs on a blocking thread.
+fn prepare_and_launch(
+    daemon: &Daemon,
+    config: &Config,
+    profile: &Profile,
+    target: &Target,
+    req: &StartRequest,
+    r: &Reservation,
+) -> Result<Launch, ErrorReply> {
+    let program = PathBuf::from(&profile.command[0]);
+    // Checked at load and again here: the file system may have changed since.
+    config::check_executable(&program).map_err(|e| {
+        err(
+            ErrorKind::PolicyDenied,
+            format!("profile {} is unsafe: {e}", profile.name),
+        )
+    })?;
+    let env = policy::build_env(target, profile, &req.env);
+    let (log, log_path) = logs::open_server_log(
+        &config.log_dir,
+        &target.name,
+        target.gid,
+        &req.server.server,
+        config.log_keep,
+    )
+    .map_err(|e| {
+        err(
+            ErrorKind::SpawnFailed,
+            format!(
+                "could not open the log file of {} under {}: {e}",
+                req.server,
+                config.log_dir.display()
+            ),
+        )
+    })?;
+    let cgroup = daemon
+        .supervisor
+        .tree()
+        .prepare(&target.name, &req.server.server, r.instance)
+        .map_err(|e| {
+            err(
+                ErrorKind::SpawnFailed,
+                format!("could not create the cgroup of {}: {e}", req.server),
+            )
+        })?;
+    let (cgroup_dir, procs) = match cgroup {
+        Some((dir, file)) => (Some(dir), Some(OwnedFd::from(file))),
+        None => (None, None),
+    };
+    let remove_cgroup = || {
+        if let Some(dir) = &cgroup_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    };
+    let mut argv = profile.command.clone();
+    argv.extend(req.args.iter().cloned());
+    let vars: Vec<(String, String)> = env.vars.into_iter().collect();
+    let home = target.home.to_string_lossy();
+    let spec = LaunchSpec::new(LaunchInput {
+        user: &target.name,
+        uid: target.uid,
+        gid: target.gid,
+        groups: &target.groups,
+        home: &home,
+        argv: &argv,
+        env: &vars,
+        umask: profile.umask,
+        log,
+        cgroup_procs: procs,
+    })
+    .map_err(|e| {
+        remove_cgroup();
+        err(ErrorKind::SpawnFailed, e.to_string())
+    })?;
+    let launched = launch::launch(spec).map_err(|e| {
+        remove_cgroup();
+        err(ErrorKind::SpawnFailed, e.to_string())
+    })?;
+    tracing::info!(
+        server = %req.server,
+        instance = r.instance,
+        pid = launched.pid,
+        uid = target.uid,
+        profile = %profile.name,
+        dropped_env = ?env.dropped,
+        "server started"
+    );
+    Ok(Launch {
+        launched,
+        cgroup: cgroup_dir,
+        log_path,
+        dropped_env: env.dropped,
+    })
+}
+
+/// Reads the peer's credentials as the kernel recorded them at connect time.
+pub fn peer_of(socket: &UnixSeqpacket) -> std::io::Result<Peer> {
+    let cred = socket.peer_cred()?;
+    let groups = crate::sys::peer_groups(socket.as_fd())?;
+    Ok(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().unwrap_or(0),
+        groups,
+    })
+}
+
+async fn send(socket: &UnixSeqpacket, id: u32, response: &Response) {
+    let bytes = match encode_response(id, response) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("could not encode a response: {e}");
+            match encode_response(
+                id,
+                &Response::Error(err(ErrorKind::Internal, format!("response too large: {e}"))),
+            ) {
+                Ok(b) => b,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = socket.send(&bytes).await {
+        tracing::debug!("could not send a response: {e}");
+    }
+}
+
+fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
+    let target = request
+        .target()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let action = request.action();
+    match reply {
+        Ok(_)
+            if matches!(
+                request,
+                Request::Start(_) | Request::Stop { .. } | Request::Signal { .. }
+            ) =>
+        {
+            tracing::info!(
+                target: "audit",
+                peer_uid = peer.uid,
+                peer_pid = peer.pid,
+                %role,
+                action,
+                target,
+                "ok"
+            )
+        }
+        // Read-only requests that succeed are frequent (the hub polls every server every 30 s),
+        // so they are audited at debug level.
+        Ok(_) => tracing::debug!(
+            target: "audit",
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            %role,
+            action,
+            target,
+            "ok"
+        ),
+        Err(e) => tracing::info!(
+            target: "audit",
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            %role,
+            action,
+            target,
+            kind = %e.kind,
+            "refused: {}",
+            e.message
+        ),
+    }
+}

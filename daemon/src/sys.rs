@@ -1,0 +1,198 @@
+//! Thin wrappers over the Linux calls that neither std nor nix offer: pidfds and peer groups.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Opens a pidfd for `pid`. The caller must make sure `pid` cannot have been recycled (for
+/// example: it is our own child and not yet reaped).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`. ESRCH once it has exited: a recycled PID can
+/// never be hit.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: a valid fd, a signal number, a null siginfo (the kernel fills a default one) and
+    // no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a reaped child ended: `Ok(Some((code, signal)))` with exactly one of them meaningful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaped {
+    Exited(i32),
+    Killed(i32),
+}
+
+/// Reaps the child behind `pidfd` without blocking. `Ok(None)` while it still runs.
+pub fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<Reaped>> {
+    waitid(pidfd, libc::WNOHANG)
+}
+
+/// Waits for the child behind `pidfd` to exit, and reaps it.
+pub fn waitid_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<Reaped> {
+    loop {
+        match waitid(pidfd, 0) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn waitid(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<Option<Reaped>> {
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes into `info`, which lives for the call; P_PIDFD takes the fd as id.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | flags,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after a successful waitid the pid and status fields are initialised (zero pid
+    // means nothing was reaped).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => Reaped::Exited(status),
+        _ => Reaped::Killed(status),
+    }))
+}
+
+/// The supplementary groups of a socket's peer, as the kernel recorded them at connect time
+/// (SO_PEERGROUPS). Never looked up through NSS.
+pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer is valid for `len` bytes and the kernel writes at most that much,
+        // updating `len` to the size used (or needed, with ERANGE).
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if r == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), which
+/// together with the pid names one process for good.
+pub fn process_start_time(pid: i32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))?;
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))
+}
+
+/// The names of the capabilities in the daemon's effective set.
+pub fn effective_capabilities() -> Vec<String> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return vec![];
+    };
+    let Some(mask) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return vec![];
+    };
+    (0..64)
+        .filter(|bit| mask & (1u64 << bit) != 0)
+        .map(|bit| cap_name(bit).map_or_else(|| format!("cap_{bit}"), str::to_string))
+        .collect()
+}
+
+fn cap_name(bit: u32) -> Option<&'static str> {
+    const NAMES: [&str; 41] = [
+        "chown",
+        "dac_override",
+        "dac_read_search",
+        "fowner",
+        "fsetid",
+        "kill",
+        "setgid",
+        "setuid",
+        "setpcap",
+        "linux_immutable",
+        "net_bind_service",
+        "net_broadcast",
+        "net_admin",
+        "net_raw",
+        "ipc_lock",
+        "ipc_owner",
+        "sys_module",
+        "sys_rawio",
+        "sys_chroot",
+        "sys_ptrace",
+        "sys_pacct",
+        "sys_admin",
+        "sys_boot",
+        "sys_nice",
+        "sys_resource",
+        "sys_time",
+        "sys_tty_config",
+        "mknod",
+        "lease",
+        "audit_write",
+        "audit_control",
+        "setfcap",
+        "mac_override",
+        "mac_admin",
+        "syslog",
+        "wake_alarm",
+        "block_suspend",
+        "audit_read",
+        "perfmon",
+        "bpf",
+        "checkpoint_restore",
+    ];
+    NAMES.get(bit as usize).copied()
+}

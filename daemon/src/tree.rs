@@ -1,0 +1,164 @@
+//! Finding and killing a server's whole process tree.
+//!
+//! Where the host offers a writable cgroup v2 hierarchy with `cgroup.kill` (Linux ≥ 5.14), each
+//! server gets its own cgroup, entered by the child before exec, so that every process it ever
+//! starts (kernels in their own sessions included) is found and killed in one write. Otherwise
+//! the server's process group (the server calls setsid, so its group id is its pid) is the best
+//! the host allows: processes that leave the group escape it.
+
+use crate::config::CgroupSetting;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How trees are tracked on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeMode {
+    /// Per-server cgroups under this base directory.
+    Cgroup { base: PathBuf },
+    /// The server's process group.
+    ProcessGroup { reason: String },
+}
+
+impl TreeMode {
+    /// Decides the mode from the configuration and what the host offers. Never fails: a host
+    /// without usable cgroups falls back to process groups, and says why.
+    pub fn detect(setting: &CgroupSetting) -> TreeMode {
+        let base = match setting {
+            CgroupSetting::Off => {
+                return TreeMode::ProcessGroup {
+                    reason: "cgroup = \"off\" in the config".into(),
+                };
+            }
+            CgroupSetting::Path(p) => p.clone(),
+            CgroupSetting::Auto => match auto_base() {
+                Ok(b) => b,
+                Err(reason) => return TreeMode::ProcessGroup { reason },
+            },
+        };
+        if let Err(e) = std::fs::create_dir_all(&base) {
+            return TreeMode::ProcessGroup {
+                reason: format!("cannot create cgroup {}: {e}", base.display()),
+            };
+        }
+        if !base.join("cgroup.kill").exists() {
+            return TreeMode::ProcessGroup {
+                reason: format!(
+                    "{} has no cgroup.kill (kernel older than 5.14?)",
+                    base.display()
+                ),
+            };
+        }
+        TreeMode::Cgroup { base }
+    }
+
+    /// For `spawnctl status`.
+    pub fn describe(&self) -> String {
+        match self {
+            TreeMode::Cgroup { base } => format!("cgroup-v2 ({})", base.display()),
+            TreeMode::ProcessGroup { reason } => format!("process-group ({reason})"),
+        }
+    }
+
+    /// Creates the cgroup for one server instance and opens its `cgroup.procs` for the child to
+    /// enter. `None` in process-group mode.
+    pub fn prepare(
+        &self,
+        user: &str,
+        server: &str,
+        instance: u64,
+    ) -> io::Result<Option<(PathBuf, std::fs::File)>> {
+        let TreeMode::Cgroup { base } = self else {
+            return Ok(None);
+        };
+        let dir = cgroup_dir(base, user, server, instance);
+        std::fs::create_dir_all(&dir)?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        Ok(Some((dir, procs)))
+    }
+}
+
+/// `<base>/<user>/<server or @default>.<instance>`.
+pub fn cgroup_dir(base: &Path, user: &str, server: &str, instance: u64) -> PathBuf {
+    base.join(user).join(format!(
+        "{}.{instance}",
+        crate::logs::server_file_stem(server)
+    ))
+}
+
+fn auto_base() -> Result<PathBuf, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mount = mountinfo
+        .lines()
+        .find_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| "the daemon is in no cgroup v2 cgroup".to_string())?;
+    Ok(mount.join(own.trim_start_matches('/')).join("spawnd"))
+}
+
+/// Kills every process in the cgroup (`cgroup.kill`), or SIGKILLs the process group `pgid`.
+pub fn kill_tree(cgroup: Option<&Path>, pgid: i32) -> io::Result<()> {
+    match cgroup {
+        Some(dir) => std::fs::write(dir.join("cgroup.kill"), b"1"),
+        None => {
+            // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+            // The group id is the server's pid, which the kernel does not hand out again while
+            // a group with that id exists, so this never hits an unrelated group.
+            let r = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let err = io::Error::last_os_error();
+            if r < 0 && err.raw_os_error() != Some(libc::ESRCH) {
+                return Err(err);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether the cgroup still holds processes (`populated 1` in `cgroup.events`).
+pub fn populated(cgroup: &Path) -> bool {
+    std::fs::read_to_string(cgroup.join("cgroup.events"))
+        .map(|s| s.lines().any(|l| l == "populated 1"))
+        .unwrap_or(false)
+}
+
+/// Kills whatever is left of a server's tree after its main process exited, waits (bounded)
+/// until the cgroup is empty, and removes it.
+pub async fn reap_tree(cgroup: Option<PathBuf>, pgid: i32, timeout: Duration) -> io::Result<()> {
+    let Some(dir) = cgroup else {
+        return kill_tree(None, pgid);
+    };
+    if populated(&dir) {
+        kill_tree(Some(&dir), pgid)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut wait = Duration::from_millis(1);
+        while populated(&dir) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("processes in {} survived SIGKILL", dir.display()),
+                ));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(20));
+        }
+    }
+    std::fs::remove_dir(&dir)?;
+    if let Some(user_dir) = dir.parent() {
+        // Only succeeds when no other server of this user has a cgroup.
+        let _ = std::fs::remove_dir(user_dir);
+    }
+    Ok(())
+}
