@@ -1,1 +1,621 @@
-fn main() {}
+//! `spawnctl`: look at and control the servers spawnd supervises.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use spawnd_client::protocol::{
+    DaemonStatus, ExitStatus, MAX_LOG_LINES, ServerId, ServerInfo, ServerState,
+    validate_server_name, validate_user_name,
+};
+use spawnd_client::{BlockingClient, ClientError, DEFAULT_SOCKET};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const EXIT_HELP: &str = "\
+Servers are named USER (the user's default server) or USER/SERVER (a named server).
+
+Exit status:
+  0  success
+  1  the daemon refused or failed the request (its error is printed as `Kind: message`)
+  2  usage error
+  3  the daemon could not be reached (not running, wrong socket, no permission, backlog full,
+     connection closed)
+  4  any other failure (protocol error, local I/O error)";
+
+/// Look at and control the Jupyter servers that spawnd supervises.
+#[derive(Debug, Parser)]
+#[command(name = "spawnctl", version, after_help = EXIT_HELP)]
+struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "SPAWND_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the daemon's version, uptime, server counts, tree-kill mode and capabilities.
+    Status,
+    /// List the servers you may see (admins: all of them).
+    ///
+    /// UPTIME is how long a server has been up; for an exited server, how long it ran.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a server (SIGINT, then SIGTERM, then SIGKILL of its whole process tree) and wait
+    /// until it is gone.
+    Stop {
+        /// USER or USER/SERVER.
+        #[arg(value_parser = parse_target, value_name = "USER[/SERVER]")]
+        target: ServerId,
+        /// Skip the SIGINT step: start with SIGTERM.
+        #[arg(long)]
+        now: bool,
+        /// Only if this is the server's current instance.
+        #[arg(long, value_name = "N")]
+        instance: Option<u64>,
+    },
+    /// Send a signal to a server's main process.
+    Kill {
+        /// USER or USER/SERVER.
+        #[arg(value_parser = parse_target, value_name = "USER[/SERVER]")]
+        target: ServerId,
+        /// Signal name (TERM, SIGTERM, KILL, HUP, ...) or number.
+        #[arg(short, long, default_value = "TERM", value_parser = parse_signal, value_name = "SIG")]
+        signal: i32,
+        /// Only if this is the server's current instance.
+        #[arg(long, value_name = "N")]
+        instance: Option<u64>,
+    },
+    /// Print the last lines of a server's log.
+    Logs {
+        /// USER or USER/SERVER.
+        #[arg(value_parser = parse_target, value_name = "USER[/SERVER]")]
+        target: ServerId,
+        /// How many lines.
+        #[arg(
+            short = 'n',
+            long,
+            default_value_t = 50,
+            value_name = "LINES",
+            value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_LOG_LINES))
+        )]
+        lines: u32,
+    },
+}
+
+/// `alice` is alice's default server, `alice/gpu` her server named `gpu`.
+fn parse_target(s: &str) -> Result<ServerId, String> {
+    let (user, server) = match s.split_once('/') {
+        None => (s, ""),
+        Some((_, "")) => {
+            return Err(format!(
+                "{s:?} has an empty server name after '/': write just USER for the default server"
+            ));
+        }
+        Some(pair) => pair,
+    };
+    validate_user_name(user).map_err(|e| e.to_string())?;
+    validate_server_name(server).map_err(|e| e.to_string())?;
+    Ok(ServerId::new(user, server))
+}
+
+/// `TERM`, `SIGTERM`, `term` or `15`.
+fn parse_signal(s: &str) -> Result<i32, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<i32>() {
+            Ok(n) if (1..=64).contains(&n) => Ok(n),
+            _ => Err(format!("signal number {s} is out of range (1 to 64)")),
+        };
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    nix::sys::signal::Signal::from_str(&format!("SIG{name}"))
+        .map(|sig| sig as i32)
+        .map_err(|_| {
+            format!("unknown signal {s:?}: give a name such as TERM, SIGKILL or HUP, or a number")
+        })
+}
+
+fn signal_name(signal: i32) -> String {
+    match nix::sys::signal::Signal::try_from(signal) {
+        Ok(sig) => sig.as_str().to_string(),
+        Err(_) => format!("signal {signal}"),
+    }
+}
+
+/// `45s`, `5min 3s`, `3h 12min`, `2d 4h`: the two largest units, like systemd.
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    let (big, small) = if d > 0 {
+        (format!("{d}d"), (h > 0).then(|| format!("{h}h")))
+    } else if h > 0 {
+        (format!("{h}h"), (m > 0).then(|| format!("{m}min")))
+    } else if m > 0 {
+        (format!("{m}min"), (s > 0).then(|| format!("{s}s")))
+    } else {
+        (format!("{s}s"), None)
+    };
+    match small {
+        Some(small) => format!("{big} {small}"),
+        None => big,
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// How long the server has been up, or for an exited one how long it ran.
+fn uptime_secs(info: &ServerInfo, now: u64) -> u64 {
+    let end = match info.state {
+        ServerState::Exited(_) => info.exited_at.unwrap_or(now),
+        ServerState::Starting | ServerState::Running | ServerState::Stopping => now,
+    };
+    end.saturating_sub(info.started_at)
+}
+
+fn state_text(state: &ServerState) -> String {
+    match state {
+        ServerState::Starting => "starting".into(),
+        ServerState::Running => "running".into(),
+        ServerState::Stopping => "stopping".into(),
+        ServerState::Exited(ExitStatus::Code(c)) => format!("exited (code {c})"),
+        ServerState::Exited(ExitStatus::Signal(s)) => format!("exited (signal {s})"),
+        ServerState::Exited(ExitStatus::Unknown) => "exited (status unknown)".into(),
+    }
+}
+
+fn render_table(servers: &[ServerInfo], now: u64) -> String {
+    let header = [
+        "USER", "SERVER", "INSTANCE", "PID", "STATE", "UPTIME", "PROFILE",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for info in servers {
+        let server = if info.server.server.is_empty() {
+            "(default)".to_string()
+        } else {
+            info.server.server.clone()
+        };
+        rows.push(vec![
+            info.server.user.clone(),
+            server,
+            info.instance.to_string(),
+            info.pid.to_string(),
+            state_text(&info.state),
+            human_duration(uptime_secs(info, now)),
+            info.profile.clone(),
+        ]);
+    }
+    let mut widths = vec![0; header.len()];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    if !servers.is_empty() {
+        for row in &rows {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("{} servers listed.\n", servers.len()));
+    out
+}
+
+#[derive(Debug, Serialize)]
+struct JsonServer<'a> {
+    user: &'a str,
+    server: &'a str,
+    instance: u64,
+    uid: u32,
+    pid: u32,
+    state: &'static str,
+    exit_code: Option<i32>,
+    exit_signal: Option<i32>,
+    profile: &'a str,
+    port: Option<u16>,
+    started_at: u64,
+    exited_at: Option<u64>,
+    uptime_secs: u64,
+}
+
+fn render_json(servers: &[ServerInfo], now: u64) -> Result<String> {
+    let rows: Vec<JsonServer<'_>> = servers
+        .iter()
+        .map(|info| {
+            let (state, exit_code, exit_signal) = match info.state {
+                ServerState::Starting => ("starting", None, None),
+                ServerState::Running => ("running", None, None),
+                ServerState::Stopping => ("stopping", None, None),
+                ServerState::Exited(ExitStatus::Code(c)) => ("exited", Some(c), None),
+                ServerState::Exited(ExitStatus::Signal(s)) => ("exited", None, Some(s)),
+                ServerState::Exited(ExitStatus::Unknown) => ("exited", None, None),
+            };
+            JsonServer {
+                user: &info.server.user,
+                server: &info.server.server,
+                instance: info.instance,
+                uid: info.uid,
+                pid: info.pid,
+                state,
+                exit_code,
+                exit_signal,
+                profile: &info.profile,
+                port: info.port,
+                started_at: info.started_at,
+                exited_at: info.exited_at,
+                uptime_secs: uptime_secs(info, now),
+            }
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&rows)?;
+    text.push('\n');
+    Ok(text)
+}
+
+fn render_status(status: &DaemonStatus) -> String {
+    let capabilities = if status.capabilities.is_empty() {
+        "(none)".to_string()
+    } else {
+        status.capabilities.join(" ")
+    };
+    format!(
+        "spawnd {} (protocol {}), pid {}\n\
+         uptime:        {}\n\
+         servers:       {} running, {} exited\n\
+         tree kill:     {}\n\
+         capabilities:  {}\n\
+         your role:     {}\n",
+        status.version,
+        status.protocol,
+        status.pid,
+        human_duration(status.uptime_secs),
+        status.running,
+        status.exited,
+        status.tree_kill,
+        capabilities,
+        status.your_role,
+    )
+}
+
+/// Writes to stdout; a closed pipe (`spawnctl logs | head`) is not an error.
+fn print(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let client = BlockingClient::connect(&cli.socket)?;
+    match cli.command {
+        Command::Status => print(&render_status(&client.status()?)),
+        Command::List { json } => {
+            let servers = client.list()?;
+            let now = now_secs();
+            if json {
+                print(&render_json(&servers, now)?)
+            } else {
+                print(&render_table(&servers, now))
+            }
+        }
+        Command::Stop {
+            target,
+            now,
+            instance,
+        } => {
+            let (instance, exit) = client.stop(&target, instance, now)?;
+            print(&format!("stopped {target} (instance {instance}): {exit}\n"))
+        }
+        Command::Kill {
+            target,
+            signal,
+            instance,
+        } => {
+            client.signal(&target, instance, signal)?;
+            print(&format!("sent {} to {target}\n", signal_name(signal)))
+        }
+        Command::Logs { target, lines } => {
+            let tail = client.logs(&target, lines)?;
+            let mut text = String::new();
+            for line in &tail.lines {
+                text.push_str(line);
+                text.push('\n');
+            }
+            print(&text)?;
+            if tail.truncated {
+                eprintln!(
+                    "spawnctl: only the last {} lines of {} fit in one response",
+                    tail.lines.len(),
+                    tail.path
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = match err.downcast_ref::<ClientError>() {
+                // Exactly as the daemon wrote it: `Kind: message`.
+                Some(ClientError::Daemon(_)) => 1,
+                Some(e) if e.is_daemon_unreachable() => 3,
+                _ => 4,
+            };
+            eprintln!("spawnctl: {err}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(parse_target("alice").unwrap(), ServerId::new("alice", ""));
+        assert_eq!(
+            parse_target("alice/gpu").unwrap(),
+            ServerId::new("alice", "gpu")
+        );
+        assert_eq!(
+            parse_target("bob.smith/gpu-2.x").unwrap(),
+            ServerId::new("bob.smith", "gpu-2.x")
+        );
+        assert!(
+            parse_target("alice/")
+                .unwrap_err()
+                .contains("empty server name")
+        );
+        assert!(
+            parse_target("/gpu")
+                .unwrap_err()
+                .contains("user name is empty")
+        );
+        assert!(parse_target("").unwrap_err().contains("user name is empty"));
+        assert!(parse_target("a/b/c").unwrap_err().contains("server name"));
+        assert!(parse_target("../etc").is_err());
+        assert!(parse_target("alice/..").is_err());
+        assert!(
+            parse_target(&"a".repeat(33))
+                .unwrap_err()
+                .contains("33 bytes")
+        );
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Ok(15));
+        assert_eq!(parse_signal("SIGTERM"), Ok(15));
+        assert_eq!(parse_signal("term"), Ok(15));
+        assert_eq!(parse_signal("KILL"), Ok(9));
+        assert_eq!(parse_signal("sigkill"), Ok(9));
+        assert_eq!(parse_signal("HUP"), Ok(1));
+        assert_eq!(parse_signal("USR1"), Ok(libc::SIGUSR1));
+        assert_eq!(parse_signal("9"), Ok(9));
+        assert_eq!(parse_signal("64"), Ok(64));
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("65").is_err());
+        assert!(parse_signal("99999999999").is_err());
+        assert!(parse_signal("-9").is_err());
+        assert!(parse_signal("NOPE").unwrap_err().contains("unknown signal"));
+        assert!(parse_signal("").is_err());
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(40), "signal 40");
+    }
+
+    #[test]
+    fn command_lines() {
+        let cli =
+            Cli::try_parse_from(["spawnctl", "kill", "alice/gpu", "--signal", "KILL"]).unwrap();
+        match cli.command {
+            Command::Kill {
+                target,
+                signal,
+                instance,
+            } => {
+                assert_eq!(target, ServerId::new("alice", "gpu"));
+                assert_eq!(signal, 9);
+                assert_eq!(instance, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["spawnctl", "kill", "alice"]).unwrap();
+        assert!(matches!(cli.command, Command::Kill { signal: 15, .. }));
+        let cli = Cli::try_parse_from([
+            "spawnctl",
+            "--socket",
+            "/tmp/s",
+            "stop",
+            "bob",
+            "--now",
+            "--instance",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/s"));
+        assert!(matches!(
+            cli.command,
+            Command::Stop {
+                now: true,
+                instance: Some(7),
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["spawnctl", "logs", "bob"]).unwrap();
+        assert!(matches!(cli.command, Command::Logs { lines: 50, .. }));
+        let cli = Cli::try_parse_from(["spawnctl", "logs", "bob", "-n", "5"]).unwrap();
+        assert!(matches!(cli.command, Command::Logs { lines: 5, .. }));
+        // The socket option may come after the subcommand too.
+        let cli = Cli::try_parse_from(["spawnctl", "list", "--json", "--socket", "/x"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/x"));
+        assert!(matches!(cli.command, Command::List { json: true }));
+        for bad in [
+            vec!["spawnctl", "logs", "bob", "-n", "10001"],
+            vec!["spawnctl", "kill", "bob", "-s", "NOPE"],
+            vec!["spawnctl", "stop", "bob/"],
+            vec!["spawnctl", "stop"],
+        ] {
+            let err = Cli::try_parse_from(&bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(60), "1min");
+        assert_eq!(human_duration(303), "5min 3s");
+        assert_eq!(human_duration(3 * 3600 + 12 * 60 + 9), "3h 12min");
+        assert_eq!(human_duration(7200), "2h");
+        assert_eq!(human_duration(2 * 86_400 + 4 * 3600 + 59), "2d 4h");
+    }
+
+    fn info(user: &str, server: &str, state: ServerState) -> ServerInfo {
+        ServerInfo {
+            server: ServerId::new(user, server),
+            instance: 3,
+            uid: 1001,
+            pid: 4242,
+            state,
+            profile: "default".into(),
+            port: Some(8888),
+            started_at: 1_000,
+            exited_at: matches!(state, ServerState::Exited(_)).then_some(1_100),
+        }
+    }
+
+    #[test]
+    fn table() {
+        let servers = vec![
+            info("alice", "", ServerState::Running),
+            info("bob", "gpu", ServerState::Exited(ExitStatus::Code(3))),
+            info("carol", "", ServerState::Exited(ExitStatus::Signal(9))),
+        ];
+        let text = render_table(&servers, 1_000 + 3 * 3600 + 12 * 60);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("USER   SERVER     INSTANCE  PID   STATE"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("(default)") && lines[1].contains("3h 12min"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("exited (code 3)") && lines[2].contains("1min 40s"),
+            "{text}"
+        );
+        assert!(lines[3].contains("exited (signal 9)"), "{text}");
+        assert_eq!(lines.last(), Some(&"3 servers listed."));
+        assert_eq!(render_table(&[], 0), "0 servers listed.\n");
+    }
+
+    #[test]
+    fn json() {
+        let servers = vec![
+            info("alice", "", ServerState::Running),
+            info("bob", "gpu", ServerState::Exited(ExitStatus::Signal(9))),
+        ];
+        let text = render_json(&servers, 1_060).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let rows = value.as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        let alice = &rows[0];
+        for key in [
+            "user",
+            "server",
+            "instance",
+            "uid",
+            "pid",
+            "state",
+            "exit_code",
+            "exit_signal",
+            "profile",
+            "port",
+            "started_at",
+            "uptime_secs",
+        ] {
+            assert!(alice.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(alice["user"], "alice");
+        assert_eq!(alice["server"], "");
+        assert_eq!(alice["state"], "running");
+        assert!(alice["exit_code"].is_null() && alice["exit_signal"].is_null());
+        assert_eq!(alice["port"], 8888);
+        assert_eq!(alice["uptime_secs"], 60);
+        let bob = &rows[1];
+        assert_eq!(bob["state"], "exited");
+        assert_eq!(bob["exit_signal"], 9);
+        assert!(bob["exit_code"].is_null());
+        assert_eq!(bob["uptime_secs"], 100);
+        assert_eq!(render_json(&[], 0).unwrap(), "[]\n");
+    }
+
+    #[test]
+    fn status_text() {
+        let text = render_status(&DaemonStatus {
+            version: "0.1.0".into(),
+            protocol: 1,
+            pid: 77,
+            uptime_secs: 90,
+            running: 2,
+            exited: 1,
+            tree_kill: "process-group".into(),
+            capabilities: vec!["CAP_KILL".into(), "CAP_SETUID".into()],
+            your_role: "admin".into(),
+        });
+        assert!(
+            text.starts_with("spawnd 0.1.0 (protocol 1), pid 77\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1min 30s") && text.contains("2 running, 1 exited"),
+            "{text}"
+        );
+        assert!(text.contains("CAP_KILL CAP_SETUID"), "{text}");
+    }
+}

@@ -1,0 +1,480 @@
+//! The async client: one connection, many concurrent calls, one reader task.
+
+use crate::{ClientError, connect};
+use spawnd_protocol::{
+    DaemonStatus, DecodeError, ExitStatus, LogTail, MAX_LIST_PAGE, MAX_PACKET, Polled, Request,
+    Response, ServerId, ServerInfo, ServerPage, StartRequest, Started, decode_response,
+    encode_request, peek_header,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tokio_seqpacket::UnixSeqpacket;
+
+/// How long [`Client::connect`] keeps retrying while the daemon's listen backlog is full.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Reply = Result<Response, ClientError>;
+
+/// Why the connection became unusable; turned into one [`ClientError`] per pending call.
+#[derive(Debug, Clone)]
+enum Failure {
+    Disconnected,
+    Protocol(String),
+}
+
+impl Failure {
+    fn to_error(&self) -> ClientError {
+        match self {
+            Failure::Disconnected => ClientError::Disconnected,
+            Failure::Protocol(reason) => ClientError::Protocol(reason.clone()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// Calls waiting for their response, by request id.
+    pending: HashMap<u32, oneshot::Sender<Reply>>,
+    /// The next id to try. Wraps; 0 is never used (the daemon answers a request whose header
+    /// it could not read with id 0, so an id-0 response belongs to no call).
+    next_id: u32,
+    /// False once the connection is closed or unusable: every later call fails.
+    open: bool,
+}
+
+/// The part shared between the callers and the reader task.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                next_id: 1,
+                open: true,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The critical sections below cannot panic, but a poisoned lock must not wedge the
+        // client either.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Allocates an unused id and registers the call under it.
+    fn register(&self, tx: oneshot::Sender<Reply>) -> Result<u32, ClientError> {
+        let mut state = self.lock();
+        if !state.open {
+            return Err(ClientError::Disconnected);
+        }
+        let id = loop {
+            let id = state.next_id;
+            state.next_id = state.next_id.wrapping_add(1);
+            if id != 0 && !state.pending.contains_key(&id) {
+                break id;
+            }
+        };
+        state.pending.insert(id, tx);
+        Ok(id)
+    }
+
+    /// Hands a reply to the call waiting for `id`. False when no call waits for it.
+    fn deliver(&self, id: u32, reply: Reply) -> bool {
+        let tx = self.lock().pending.remove(&id);
+        match tx {
+            Some(tx) => {
+                // The caller may have given up meanwhile; then nobody wants the reply.
+                let _ = tx.send(reply);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&self, id: u32) {
+        self.lock().pending.remove(&id);
+    }
+
+    /// Marks the connection unusable and fails every pending call.
+    fn close(&self, failure: &Failure) {
+        let pending: Vec<_> = {
+            let mut state = self.lock();
+            state.open = false;
+            state.pending.drain().map(|(_, tx)| tx).collect()
+        };
+        for tx in pending {
+            let _ = tx.send(Err(failure.to_error()));
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.lock().open
+    }
+}
+
+/// Removes a call's registration when the call ends in any way (answered, failed, or its
+/// future dropped), so an abandoned id is free again and a late reply is ignored.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.forget(self.id);
+    }
+}
+
+struct Inner {
+    socket: Arc<UnixSeqpacket>,
+    shared: Arc<Shared>,
+    reader: AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the reader, which closes the socket.
+        self.reader.abort();
+    }
+}
+
+/// A connection to spawnd.
+///
+/// Cheap to clone (all clones share one connection) and safe to use from many tasks at once:
+/// each call carries its own request id and the responses, in whatever order the daemon sends
+/// them, go to the call they answer. When the connection drops, every pending call and every
+/// later call fails with [`ClientError::Disconnected`]; there is no silent reconnect, connect
+/// again to retry.
+///
+/// Calls do not time out by themselves (a `stop` legitimately takes as long as the profile's
+/// timeouts); wrap them in `tokio::time::timeout` if needed. A call whose future is dropped is
+/// forgotten and its response, if it comes, ignored.
+///
+/// The client does not check requests against the protocol's limits; the daemon does, and
+/// answers with an `InvalidRequest` error saying what is wrong.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.shared.lock();
+        f.debug_struct("Client")
+            .field("socket", &self.inner.socket)
+            .field("open", &state.open)
+            .field("pending", &state.pending.len())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to the daemon's socket, waiting up to [`DEFAULT_CONNECT_TIMEOUT`] while its
+    /// listen backlog is full. Needs a tokio runtime with IO and time enabled.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        Client::connect_timeout(path, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// Connects to the daemon's socket, waiting up to `timeout` while its listen backlog is
+    /// full (then [`ClientError::Busy`]). Other connect failures are reported at once as
+    /// [`ClientError::Connect`].
+    pub async fn connect_timeout(
+        path: impl AsRef<Path>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let fd = connect::connect_fd(path.as_ref(), timeout).await?;
+        Client::from_fd(fd)
+    }
+
+    /// Wraps an already-connected `SOCK_SEQPACKET` socket (it is made non-blocking if it is
+    /// not). Must be called inside a tokio runtime with IO enabled: it spawns the reader task
+    /// there.
+    pub fn from_fd(fd: OwnedFd) -> Result<Client, ClientError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            ClientError::io(
+                "the spawnd client must be created inside a tokio runtime",
+                io::Error::other(e),
+            )
+        })?;
+        connect::prepare_fd(&fd)?;
+        let socket = UnixSeqpacket::try_from(fd)
+            .map_err(|e| ClientError::io("cannot register the socket with the tokio runtime", e))?;
+        let socket = Arc::new(socket);
+        let shared = Arc::new(Shared::new());
+        let reader = runtime
+            .spawn(read_loop(Arc::clone(&socket), Arc::clone(&shared)))
+            .abort_handle();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                socket,
+                shared,
+                reader,
+            }),
+        })
+    }
+
+    /// False once the connection has been lost; every call then fails with
+    /// [`ClientError::Disconnected`].
+    pub fn is_open(&self) -> bool {
+        self.inner.shared.is_open()
+    }
+
+    /// Sends one request and waits for its response. A [`Response::Error`] becomes
+    /// [`ClientError::Daemon`].
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        match self.call(&request).await? {
+            Response::Error(reply) => Err(ClientError::Daemon(reply)),
+            response => Ok(response),
+        }
+    }
+
+    async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let shared = &*self.inner.shared;
+        let (tx, rx) = oneshot::channel();
+        let id = shared.register(tx)?;
+        let _guard = PendingGuard { shared, id };
+        let packet = encode_request(id, request)?;
+        match self.inner.socket.send(&packet).await {
+            Ok(n) if n == packet.len() => {}
+            Ok(n) => {
+                let failure = Failure::Protocol(format!(
+                    "only {n} of {} bytes of a request were sent",
+                    packet.len()
+                ));
+                shared.close(&failure);
+                return Err(failure.to_error());
+            }
+            Err(e) if is_disconnect(&e) => {
+                shared.close(&Failure::Disconnected);
+                return Err(ClientError::Disconnected);
+            }
+            Err(e) => return Err(ClientError::io("cannot send a request to spawnd", e)),
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            // The reader went away without answering: the connection is gone.
+            Err(_) => Err(ClientError::Disconnected),
+        }
+    }
+
+    /// Starts a server.
+    pub async fn start(&self, request: StartRequest) -> Result<Started, ClientError> {
+        match self.request(Request::Start(request)).await? {
+            Response::Started(started) => Ok(started),
+            other => Err(unexpected("start", &other)),
+        }
+    }
+
+    /// The current state of a server; with `instance`, only if that is the current instance.
+    pub async fn poll(
+        &self,
+        server: &ServerId,
+        instance: Option<u64>,
+    ) -> Result<Polled, ClientError> {
+        let request = Request::Poll {
+            server: server.clone(),
+            instance,
+        };
+        match self.request(request).await? {
+            Response::Polled(polled) => Ok(polled),
+            other => Err(unexpected("poll", &other)),
+        }
+    }
+
+    /// Stops a server and waits until it is gone. Returns the instance that was stopped and how
+    /// it ended.
+    pub async fn stop(
+        &self,
+        server: &ServerId,
+        instance: Option<u64>,
+        now: bool,
+    ) -> Result<(u64, ExitStatus), ClientError> {
+        let request = Request::Stop {
+            server: server.clone(),
+            instance,
+            now,
+        };
+        match self.request(request).await? {
+            Response::Stopped { instance, exit } => Ok((instance, exit)),
+            other => Err(unexpected("stop", &other)),
+        }
+    }
+
+    /// Sends `signal` to the server's main process.
+    pub async fn signal(
+        &self,
+        server: &ServerId,
+        instance: Option<u64>,
+        signal: i32,
+    ) -> Result<(), ClientError> {
+        let request = Request::Signal {
+            server: server.clone(),
+            instance,
+            signal,
+        };
+        match self.request(request).await? {
+            Response::Signalled => Ok(()),
+            other => Err(unexpected("signal", &other)),
+        }
+    }
+
+    /// One page of the servers this caller may see, after `after`, at most `limit` (the daemon
+    /// refuses more than [`MAX_LIST_PAGE`]).
+    pub async fn list_page(
+        &self,
+        after: Option<ServerId>,
+        limit: u32,
+    ) -> Result<ServerPage, ClientError> {
+        match self.request(Request::List { after, limit }).await? {
+            Response::Servers(page) => Ok(page),
+            other => Err(unexpected("list", &other)),
+        }
+    }
+
+    /// Every server this caller may see, following the pages to the end.
+    pub async fn list(&self) -> Result<Vec<ServerInfo>, ClientError> {
+        let mut servers = Vec::new();
+        let mut after: Option<ServerId> = None;
+        loop {
+            let page = self.list_page(after.clone(), MAX_LIST_PAGE).await?;
+            servers.extend(page.servers);
+            match page.next {
+                None => return Ok(servers),
+                Some(next) => {
+                    if after.as_ref().is_some_and(|prev| next <= *prev) {
+                        return Err(ClientError::Protocol(format!(
+                            "the list of servers did not advance (next page after {next} again)"
+                        )));
+                    }
+                    after = Some(next);
+                }
+            }
+        }
+    }
+
+    /// The last `lines` lines of a server's log.
+    pub async fn logs(&self, server: &ServerId, lines: u32) -> Result<LogTail, ClientError> {
+        let request = Request::Logs {
+            server: server.clone(),
+            lines,
+        };
+        match self.request(request).await? {
+            Response::Logs(tail) => Ok(tail),
+            other => Err(unexpected("logs", &other)),
+        }
+    }
+
+    /// The daemon's version, uptime, counts and supervision mode.
+    pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
+        match self.request(Request::Status).await? {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+    )
+}
+
+/// The name of a response variant, for error messages.
+fn response_name(response: &Response) -> &'static str {
+    match response {
+        Response::Error(_) => "Error",
+        Response::Started(_) => "Started",
+        Response::Polled(_) => "Polled",
+        Response::Stopped { .. } => "Stopped",
+        Response::Signalled => "Signalled",
+        Response::Servers(_) => "Servers",
+        Response::Logs(_) => "Logs",
+        Response::Status(_) => "Status",
+    }
+}
+
+fn unexpected(request: &'static str, response: &Response) -> ClientError {
+    ClientError::Unexpected {
+        request,
+        response: response_name(response),
+    }
+}
+
+/// Reads every packet from the daemon and hands each response to the call it answers, until
+/// the connection ends or becomes unusable; then fails every pending call.
+async fn read_loop(socket: Arc<UnixSeqpacket>, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let failure = loop {
+        let info = match socket.recv(&mut buf).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break Failure::Disconnected,
+        };
+        // The protocol has no empty packets: 0 bytes is the end of the connection.
+        if info.bytes_read() == 0 && !info.truncated() {
+            break Failure::Disconnected;
+        }
+        let packet = &buf[..info.bytes_read().min(buf.len())];
+        if info.truncated() {
+            // The kernel keeps packet boundaries, so only this response is lost: fail its call
+            // when the header says whose it is, else the connection.
+            let reason = format!(
+                "spawnd sent a response larger than the protocol's limit of {MAX_PACKET} bytes; \
+                 it was refused"
+            );
+            match peek_header(packet) {
+                Ok(header) if header.id != 0 => {
+                    shared.deliver(header.id, Err(ClientError::Protocol(reason)));
+                    continue;
+                }
+                _ => break Failure::Protocol(reason),
+            }
+        }
+        match decode_response(packet) {
+            Ok(envelope) if envelope.id == 0 => {
+                // A response to no request: the daemon could not read one of our requests'
+                // headers, so some call would never be answered.
+                let said = match &envelope.body {
+                    Response::Error(reply) => format!(": {reply}"),
+                    other => format!(" with a {} response", response_name(other)),
+                };
+                break Failure::Protocol(format!(
+                    "spawnd answered a request it could not attribute (id 0){said}"
+                ));
+            }
+            Ok(envelope) => {
+                // When no call waits for it, the call gave up (its future was dropped).
+                shared.deliver(envelope.id, Ok(envelope.body));
+            }
+            Err(e @ (DecodeError::TooLarge | DecodeError::NoHeader)) => {
+                break Failure::Protocol(format!("spawnd sent an unreadable packet: {e}"));
+            }
+            Err(e) => {
+                let id = e.id();
+                if id == 0 {
+                    break Failure::Protocol(format!("spawnd sent an unreadable packet: {e}"));
+                }
+                let error = ClientError::Protocol(format!("spawnd's response is unreadable: {e}"));
+                shared.deliver(id, Err(error));
+            }
+        }
+    };
+    shared.close(&failure);
+    // Let the daemon see the end of a connection this side no longer reads.
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests;
