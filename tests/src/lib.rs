@@ -1,1 +1,86 @@
+//! Harness for spawnd's end-to-end tests.
+//!
+//! These tests prove the privileged path for real: real users and groups (made with `useradd`
+//! and `groupadd`), the real `spawnd` binary listening on a real socket, clients whose kernel
+//! credentials really are those users', and servers that really change uid. They need root;
+//! run as anyone else each test prints `skipped: needs root (...)` and returns.
+//!
+//! - [`users()`] creates the test users and groups once per test process and removes them at
+//!   exit (see [`users`] for who is who).
+//! - [`TestDaemon::start`] runs a daemon in a fresh directory with a configuration built from
+//!   [`DaemonOptions`]; dropping it stops the daemon and kills whatever it left behind.
+//! - [`connect_as`] connects to a socket with another user's uid, gid and groups, from a
+//!   throw-away thread, so the daemon sees that user in `SO_PEERCRED` / `SO_PEERGROUPS`.
+//! - [`procfs`] reads what the kernel says about a process (ids, groups, fds, environment).
+//! - [`RawConn`] is a bare `SOCK_SEQPACKET` connection for sending malformed packets.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`, then
+//! `cargo test -p spawnd-tests -- --test-threads=4`.
 
+mod cmd;
+mod daemon;
+mod peer;
+pub mod procfs;
+mod users;
+
+pub use cmd::{CmdOutput, run_with_timeout};
+pub use daemon::{
+    DEFAULT_PROFILE_ENV, DaemonOptions, PROFILE_PATH, Profile, TestDaemon, TestDir, bin_path,
+    cgroup_v2_root, ready, standard_profiles,
+};
+pub use peer::{RawConn, RawRecv, connect_as, connect_root};
+pub use users::{TestGroup, TestUser, TestUsers, users};
+
+use std::time::{Duration, Instant};
+
+/// True when the tests run with effective uid 0.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns from the calling test (after printing why) unless it runs as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!(
+                "skipped: needs root (creates users, runs the spawnd daemon, changes uids); \
+                 run `sudo -E cargo test -p spawnd-tests`"
+            );
+            return;
+        }
+    };
+}
+
+/// Calls `check` until it returns `Some`, or gives up after `timeout` and returns `None`.
+/// Checks every 20 ms; the first check is immediate.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The async twin of [`wait_for`], for checks that talk to the daemon.
+pub async fn wait_for_async<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
