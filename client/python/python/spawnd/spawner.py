@@ -1,0 +1,341 @@
+"""SpawndSpawner: JupyterHub's Spawner over the spawnd daemon.
+
+The hub runs as an ordinary service account. Every start, poll and stop is one request to
+spawnd over its Unix socket; spawnd checks the hub's kernel credentials, starts the server as
+the user with the operator's profile, and supervises it. Nothing here needs root or sudo.
+"""
+
+import asyncio
+import html
+import time
+
+from jupyterhub.spawner import Spawner, SpawnException
+from jupyterhub.utils import random_port
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
+
+from ._native import Client, DaemonUnreachable, SpawndError
+
+__all__ = ["SpawndSpawner"]
+
+
+# One client (one connection) per socket path, shared by every spawner of the hub.
+_CLIENTS = {}
+
+
+def _spawn_error(message, *, reason, log_message=None):
+    """The failure the user sees on the spawn page (and the hub logs)."""
+    return SpawnException(message, reason=reason, log_message=log_message or message)
+
+
+class SpawndSpawner(Spawner):
+    """Start, poll and stop single-user servers through the spawnd daemon.
+
+    The executable is chosen by the daemon's profile, never by the hub: `cmd` is ignored and
+    only `args` (from `Spawner.args` and `get_args()`) are sent, when the profile allows them.
+    """
+
+    socket = Unicode(
+        "/run/spawnd/spawnd.sock",
+        config=True,
+        help="Path of spawnd's socket. The hub's user must be in the socket's group.",
+    )
+
+    profile = Unicode(
+        "",
+        config=True,
+        help="""Name of the spawnd profile to start servers with ('' = the daemon's default).
+        Overridden by the user's choice when `profiles` offers several.""",
+    )
+
+    profiles = Dict(
+        {},
+        config=True,
+        help="""Profiles users may choose from, as {name: description}. With two or more,
+        the spawn page offers a choice (options_form) and the choice is checked against this
+        list before it reaches the daemon.""",
+    )
+
+    connect_timeout = Float(
+        5.0,
+        config=True,
+        help="Seconds to wait for a connection to spawnd (its listen backlog may be full).",
+    )
+
+    wait_for_port = Bool(
+        True,
+        config=True,
+        help="""Make start() return only once the server accepts connections on its port,
+        while watching it through spawnd: a server that exits during start-up then fails the
+        spawn at once with its exit status and the end of its log, instead of after
+        http_timeout.""",
+    )
+
+    unreachable_retry = Float(
+        30.0,
+        config=True,
+        help="""Seconds stop() keeps retrying while spawnd cannot be reached (for example
+        during a daemon restart). poll() never waits: an unreachable daemon is not a dead
+        server, so poll() reports it as still running and logs a warning.""",
+    )
+
+    log_tail_lines = Integer(
+        20, config=True, help="Log lines shown when a server fails during start-up."
+    )
+
+    # State kept across hub restarts.
+    pid = Integer(0, help="pid of the server process (for JupyterHub's state and API)")
+    instance = Integer(None, allow_none=True, help="spawnd's instance id of the server")
+
+    _progress_log = None
+    _progress_changed = None
+    _progress_done = False
+
+    @default("options_form")
+    def _default_options_form(self):
+        if len(self.profiles) < 2:
+            return ""
+        options = "\n".join(
+            '<option value="{}"{}>{}</option>'.format(
+                html.escape(name, quote=True),
+                " selected" if name == self.profile else "",
+                html.escape(str(desc) or name),
+            )
+            for name, desc in self.profiles.items()
+        )
+        return (
+            '<label for="spawnd-profile">Server profile</label>\n'
+            '<select class="form-control" name="profile" id="spawnd-profile">\n'
+            f"{options}\n</select>"
+        )
+
+    def options_from_form(self, formdata):
+        chosen = formdata.get("profile", [self.profile])
+        if isinstance(chosen, list):
+            chosen = chosen[0] if chosen else self.profile
+        return {"profile": chosen}
+
+    def _chosen_profile(self):
+        chosen = (self.user_options or {}).get("profile")
+        if not chosen:
+            return self.profile
+        if self.profiles and chosen not in self.profiles:
+            raise _spawn_error(
+                f"Profile {chosen!r} is not offered here; choose one of: "
+                + ", ".join(sorted(self.profiles)),
+                reason="profile",
+            )
+        if not self.profiles and chosen != self.profile:
+            raise _spawn_error(
+                f"Profile {chosen!r} is not offered here", reason="profile"
+            )
+        return chosen
+
+    @property
+    def client(self):
+        key = (self.socket, self.connect_timeout)
+        if key not in _CLIENTS:
+            _CLIENTS[key] = Client(self.socket, self.connect_timeout)
+        return _CLIENTS[key]
+
+    # --- state -----------------------------------------------------------------------------
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.pid = state.get("pid", 0)
+        self.instance = state.get("instance")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            state["pid"] = self.pid
+        if self.instance is not None:
+            state["instance"] = self.instance
+        return state
+
+    def clear_state(self):
+        super().clear_state()
+        self.pid = 0
+        self.instance = None
+
+    # --- progress --------------------------------------------------------------------------
+
+    def _progress(self, progress, message):
+        self.log.debug("%s: %s", self._log_name, message)
+        if self._progress_log is not None:
+            self._progress_log.append({"progress": progress, "message": message})
+            self._progress_changed.set()
+
+    async def progress(self):
+        """The real steps of start(): request sent, process started, port open."""
+        sent = 0
+        while self._progress_log is not None:
+            while sent < len(self._progress_log):
+                yield self._progress_log[sent]
+                sent += 1
+            if self._progress_done:
+                return
+            self._progress_changed.clear()
+            await self._progress_changed.wait()
+
+    async def start(self):
+        self._progress_log = []
+        self._progress_changed = asyncio.Event()
+        self._progress_done = False
+        try:
+            return await self._start()
+        finally:
+            self._progress_done = True
+            self._progress_changed.set()
+
+    async def _start(self):
+        profile = self._chosen_profile()
+        if self.port == 0:
+            self.port = random_port()
+        env = self.get_env()
+        args = [str(a) for a in self.get_args()]
+        user, name = self.user.name, self.name
+        self._progress(10, f"Asking spawnd to start the server (profile {profile or 'default'})")
+        try:
+            started = await self.client.start(user, name, profile, args, env, self.port)
+        except DaemonUnreachable as e:
+            raise _spawn_error(
+                f"The server could not be started: spawnd is not reachable ({e.args[1]}). "
+                "Ask the administrator to check that spawnd is running.",
+                reason="spawnd_unreachable",
+            ) from None
+        except SpawndError as e:
+            kind, message = e.args
+            raise _spawn_error(
+                f"The server could not be started: {message}",
+                reason=kind,
+                log_message=f"spawnd refused to start {self._log_name}: {kind}: {message}",
+            ) from None
+        self.pid = started.pid
+        self.instance = started.instance
+        if started.dropped_env:
+            self.log.info(
+                "spawnd dropped environment variables of %s not allowed by its profile: %s",
+                self._log_name,
+                ", ".join(started.dropped_env),
+            )
+        self._progress(
+            40, f"Server process started as {user} (pid {started.pid}); waiting for it"
+        )
+        ip = self.ip or "127.0.0.1"
+        if self.wait_for_port:
+            await self._wait_until_listening(ip, self.port)
+            self._progress(90, f"Server is listening on port {self.port}")
+        return (ip, self.port)
+
+    async def _failed_during_startup(self, polled):
+        tail = ""
+        try:
+            logs = await self.client.logs(
+                self.user.name, self.name, self.log_tail_lines
+            )
+            if logs.lines:
+                tail = "\nLast lines of its log ({}):\n{}".format(
+                    logs.path, "\n".join(logs.lines)
+                )
+        except SpawndError as e:
+            tail = f"\n(its log could not be read: {e.args[1]})"
+        return _spawn_error(
+            f"The server exited during start-up ({polled.exit_description}).{tail}",
+            reason="exited",
+        )
+
+    async def _wait_until_listening(self, ip, port):
+        """Until the port accepts a connection or the server exits (bounded by the hub's
+        start_timeout, which cancels start())."""
+        connect_ip = "127.0.0.1" if ip in ("", "0.0.0.0") else ip
+        delay = 0.05
+        while True:
+            try:
+                polled = await self.client.poll(self.user.name, self.name, self.instance)
+            except DaemonUnreachable as e:
+                self.log.warning("spawnd unreachable while %s starts: %s", self._log_name, e)
+                polled = None
+            except SpawndError as e:
+                kind, message = e.args
+                raise _spawn_error(
+                    f"The server disappeared during start-up: {message}", reason=kind
+                ) from None
+            if polled is not None and polled.state == "exited":
+                raise await self._failed_during_startup(polled)
+            if await _port_open(connect_ip, port):
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # --- poll ------------------------------------------------------------------------------
+
+    async def poll(self):
+        if self.instance is None and not self.pid:
+            # Never started, or cleared: not running (None while a start is pending).
+            return None if self._spawn_pending else 0
+        try:
+            polled = await self.client.poll(self.user.name, self.name, self.instance)
+        except DaemonUnreachable as e:
+            self.log.warning(
+                "spawnd unreachable while polling %s (%s); assuming it still runs",
+                self._log_name,
+                e.args[1],
+            )
+            return None
+        except SpawndError as e:
+            kind, message = e.args
+            if kind == "NotFound":
+                self.log.info("spawnd does not know %s: %s", self._log_name, message)
+                self.clear_state()
+                return 0
+            self.log.error("spawnd refused to poll %s: %s: %s", self._log_name, kind, message)
+            return None
+        if polled.state == "exited":
+            self.log.info("%s exited: %s", self._log_name, polled.exit_description)
+            return polled.exit_code
+        return None
+
+    # --- stop ------------------------------------------------------------------------------
+
+    async def stop(self, now=False):
+        if self.instance is None and not self.pid:
+            return
+        deadline = time.monotonic() + self.unreachable_retry
+        delay = 0.1
+        while True:
+            try:
+                stopped = await self.client.stop(
+                    self.user.name, self.name, self.instance, now
+                )
+            except DaemonUnreachable as e:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"cannot stop {self._log_name}: spawnd unreachable for "
+                        f"{self.unreachable_retry:g} s ({e.args[1]})"
+                    ) from None
+                self.log.warning("spawnd unreachable, retrying stop of %s", self._log_name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except SpawndError as e:
+                kind, message = e.args
+                if kind == "NotFound":
+                    self.log.info("%s was already gone: %s", self._log_name, message)
+                    return
+                raise RuntimeError(f"spawnd could not stop {self._log_name}: {message}") from None
+            self.log.info("%s stopped: %s", self._log_name, stopped.exit_description)
+            return
+
+
+async def _port_open(ip, port):
+    """Whether something accepts TCP connections on ip:port."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
