@@ -97,6 +97,7 @@ const TOP_KEYS: &[&str] = &[
     "log_dir",
     "log_keep",
     "cgroup",
+    "on_shutdown",
     "default_profile",
     "profiles",
 ];
@@ -112,6 +113,16 @@ const PROFILE_KEYS: &[&str] = &[
     "term_timeout",
     "kill_timeout",
 ];
+
+/// What the daemon does with running servers when it is stopped (`on_shutdown = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnShutdown {
+    /// Leave them running; the next daemon re-adopts them (the default).
+    #[default]
+    Keep,
+    /// Stop every server (SIGINT, SIGTERM, SIGKILL of the tree) before exiting.
+    Stop,
+}
 
 /// How servers are put into cgroups (`cgroup = ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +220,7 @@ pub struct Config {
     pub log_dir: PathBuf,
     pub log_keep: u32,
     pub cgroup: CgroupSetting,
+    pub on_shutdown: OnShutdown,
     pub default_profile: String,
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -432,6 +444,20 @@ impl Config {
             }
         };
 
+        let on_shutdown = match take_string(&mut table, "on_shutdown", "on_shutdown", &mut p) {
+            Got::Absent => Some(OnShutdown::Keep),
+            Got::Invalid => None,
+            Got::Value(s) if s == "keep" => Some(OnShutdown::Keep),
+            Got::Value(s) if s == "stop" => Some(OnShutdown::Stop),
+            Got::Value(s) => {
+                p.add(
+                    "on_shutdown",
+                    format!("{s:?} is neither \"keep\" nor \"stop\"; use one of those"),
+                );
+                None
+            }
+        };
+
         let default_profile =
             match take_string(&mut table, "default_profile", "default_profile", &mut p) {
                 Got::Absent => Some(DEFAULT_PROFILE.to_owned()),
@@ -508,6 +534,7 @@ impl Config {
             log_dir: log_dir.unwrap_or_default(),
             log_keep: log_keep.unwrap_or_default(),
             cgroup: cgroup.unwrap_or(CgroupSetting::Auto),
+            on_shutdown: on_shutdown.unwrap_or_default(),
             default_profile: default_profile.unwrap_or_default(),
             profiles,
         })

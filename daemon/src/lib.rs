@@ -18,6 +18,7 @@ pub mod logging;
 pub mod logs;
 pub mod policy;
 pub mod server;
+pub mod state;
 pub mod supervisor;
 pub mod sys;
 pub mod tree;

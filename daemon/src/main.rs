@@ -2,8 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use spawnd::config::{self, Config};
+use spawnd::config::{self, Config, OnShutdown};
 use spawnd::server::Daemon;
+use spawnd::state::StateDir;
 use spawnd::supervisor::Supervisor;
 use spawnd::tree::TreeMode;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -104,8 +105,23 @@ fn run(config_path: &Path) -> Result<()> {
             group = %config.group,
             "ready"
         );
+        let state = StateDir::open(&config.state_dir).with_context(|| {
+            format!(
+                "could not open the state directory {}",
+                config.state_dir.display()
+            )
+        })?;
+        let supervisor = std::sync::Arc::new(Supervisor::new(tree, state));
+        let recovery = supervisor.recover(&config);
+        tracing::info!(
+            adopted = recovery.adopted,
+            exited_while_away = recovery.exited,
+            from_cgroups = recovery.from_cgroups,
+            unreadable_records = recovery.unreadable,
+            "recovered the servers of the previous daemon"
+        );
         let source = config.source.clone();
-        let daemon = Daemon::new(config, Supervisor::new(tree));
+        let daemon = Daemon::new(config, supervisor);
         tokio::spawn(daemon.clone().serve(listener));
         signals(daemon, source).await
     })
@@ -130,8 +146,27 @@ async fn signals(daemon: std::sync::Arc<Daemon>, source: PathBuf) -> Result<()> 
             },
         }
     }
-    let (running, _) = daemon.supervisor().counts();
-    tracing::info!("stopping; {running} servers keep running");
+    if daemon.config().on_shutdown == OnShutdown::Stop {
+        let servers = daemon.supervisor().live_servers();
+        tracing::info!(
+            "stopping; on_shutdown = \"stop\": stopping {} servers",
+            servers.len()
+        );
+        let stops = servers.into_iter().map(|id| {
+            let sup = daemon.supervisor().clone();
+            tokio::spawn(async move {
+                if let Err(e) = sup.stop(&id, None, false).await {
+                    tracing::error!(server = %id, "could not stop at shutdown: {}", e.message);
+                }
+            })
+        });
+        for stop in stops.collect::<Vec<_>>() {
+            let _ = stop.await;
+        }
+    } else {
+        let (running, _) = daemon.supervisor().counts();
+        tracing::info!("stopping; {running} servers keep running and will be re-adopted");
+    }
     Ok(())
 }
 

@@ -35,10 +35,10 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
 }
 
 impl Daemon {
-    pub fn new(config: Config, supervisor: Supervisor) -> Arc<Daemon> {
+    pub fn new(config: Config, supervisor: Arc<Supervisor>) -> Arc<Daemon> {
         Arc::new(Daemon {
             config: RwLock::new(Arc::new(config)),
-            supervisor: Arc::new(supervisor),
+            supervisor,
             started: Instant::now(),
         })
     }
@@ -293,17 +293,7 @@ impl Daemon {
         .map_err(|e| err(ErrorKind::Internal, format!("start task failed: {e}")))
         .and_then(|r| r);
         match result {
-            Ok(done) => {
-                let started = Started {
-                    instance: reservation.instance,
-                    pid: done.launched.pid as u32,
-                    dropped_env: done.dropped_env,
-                    log_path: done.log_path.to_string_lossy().into_owned(),
-                };
-                self.supervisor
-                    .running(&reservation, done.launched, done.cgroup, done.log_path);
-                Ok(Response::Started(started))
-            }
+            Ok(started) => Ok(Response::Started(started)),
             Err(e) => {
                 self.supervisor.abandon(&reservation);
                 Err(e)
@@ -370,13 +360,6 @@ impl Daemon {
     }
 }
 
-struct Launch {
-    launched: launch::Launched,
-    cgroup: Option<PathBuf>,
-    log_path: PathBuf,
-    dropped_env: Vec<String>,
-}
-
 /// Everything of a start that touches the file system or forks; runs on a blocking thread.
 fn prepare_and_launch(
     daemon: &Daemon,
@@ -385,7 +368,7 @@ fn prepare_and_launch(
     target: &Target,
     req: &StartRequest,
     r: &Reservation,
-) -> Result<Launch, ErrorReply> {
+) -> Result<Started, ErrorReply> {
     let program = PathBuf::from(&profile.command[0]);
     // Checked at load and again here: the file system may have changed since.
     config::check_executable(&program).map_err(|e| {
@@ -455,20 +438,37 @@ fn prepare_and_launch(
         remove_cgroup();
         err(ErrorKind::SpawnFailed, e.to_string())
     })?;
+    let pid = launched.pid;
+    let sup = &daemon.supervisor;
+    sup.running(r, launched, cgroup_dir, log_path.clone());
+    if let Err(e) = sup.persist(&req.server) {
+        // A server the next daemon could not find again must not run: take it down.
+        tracing::error!(server = %req.server, "could not record the server, stopping it: {e}");
+        sup.kill_now(&req.server, r.instance);
+        return Err(err(
+            ErrorKind::SpawnFailed,
+            format!(
+                "could not record server {} in {} ({e}); it was stopped again. Check that the \
+                 state directory is writable and not full",
+                req.server,
+                config.state_dir.display()
+            ),
+        ));
+    }
     tracing::info!(
         server = %req.server,
         instance = r.instance,
-        pid = launched.pid,
+        pid,
         uid = target.uid,
         profile = %profile.name,
         dropped_env = ?env.dropped,
         "server started"
     );
-    Ok(Launch {
-        launched,
-        cgroup: cgroup_dir,
-        log_path,
+    Ok(Started {
+        instance: r.instance,
+        pid: pid as u32,
         dropped_env: env.dropped,
+        log_path: log_path.to_string_lossy().into_owned(),
     })
 }
 

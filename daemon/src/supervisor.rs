@@ -3,8 +3,14 @@
 //! Each server is our child, held by a pidfd from the moment of spawn. Its exit is an event
 //! (the pidfd becomes readable), its status exact (waitid on the pidfd), and signals go through
 //! the pidfd, so a recycled PID can never be hit. Poll is answered from the table.
+//!
+//! Every change of a server is persisted to the state directory ([`crate::state`]); a
+//! restarted daemon re-adopts each recorded server whose pid still has the recorded start
+//! time and uid ([`Supervisor::recover`]), and servers it cannot vouch for are reported as
+//! exited and never signalled.
 
 use crate::launch::Launched;
+use crate::state::{RECORD_VERSION, Record, StateDir};
 use crate::sys::{self, Reaped};
 use crate::tree::{self, TreeMode};
 use spawnd_protocol::{
@@ -33,7 +39,6 @@ pub struct StopTimeouts {
 struct Process {
     pid: i32,
     pidfd: Arc<OwnedFd>,
-    cgroup: Option<PathBuf>,
     /// Becomes true once the main process has exited and the rest of its tree is gone.
     gone: watch::Receiver<bool>,
 }
@@ -52,6 +57,11 @@ struct Entry {
     timeouts: StopTimeouts,
     state: ServerState,
     process: Option<Process>,
+    /// The server's main process (0 while starting); kept after exit for reports.
+    pid: i32,
+    /// Start time of the process in clock ticks since boot (with the pid, its identity).
+    start_ticks: u64,
+    cgroup: Option<PathBuf>,
 }
 
 /// Who is asking to see servers.
@@ -68,6 +78,10 @@ pub struct Supervisor {
     table: Mutex<BTreeMap<ServerId, Entry>>,
     tree: TreeMode,
     next_instance: AtomicU64,
+    state: StateDir,
+    /// Serialises state writes: each write records the table's truth at that moment, so the
+    /// last write for a server always matches the table.
+    state_io: Mutex<()>,
 }
 
 /// A reservation for a server that is being started, to be completed with
@@ -118,12 +132,39 @@ impl Entry {
         }
     }
 
+    fn record(&self, id: &ServerId) -> Record {
+        let ms = |d: Duration| d.as_millis() as u64;
+        Record {
+            version: RECORD_VERSION,
+            user: id.user.clone(),
+            server: id.server.clone(),
+            uid: self.uid,
+            owner_uid: self.owner_uid,
+            instance: self.instance,
+            pid: self.pid,
+            start_ticks: self.start_ticks,
+            cgroup: self.cgroup.clone(),
+            profile: self.profile.clone(),
+            port: self.port,
+            log_path: self.log_path.clone(),
+            started_at: epoch_secs(self.started_at),
+            exit: match self.state {
+                ServerState::Exited(e) => Some(e),
+                _ => None,
+            },
+            exited_at: self.exited_at.map(epoch_secs),
+            interrupt_timeout_ms: ms(self.timeouts.interrupt),
+            term_timeout_ms: ms(self.timeouts.term),
+            kill_timeout_ms: ms(self.timeouts.kill),
+        }
+    }
+
     fn info(&self, id: &ServerId) -> ServerInfo {
         ServerInfo {
             server: id.clone(),
             instance: self.instance,
             uid: self.uid,
-            pid: self.process.as_ref().map_or(0, |p| p.pid as u32),
+            pid: self.pid as u32,
             state: self.state,
             profile: self.profile.clone(),
             port: self.port,
@@ -134,8 +175,9 @@ impl Entry {
 }
 
 impl Supervisor {
-    pub fn new(tree: TreeMode) -> Supervisor {
-        // Instance ids stay unique across daemon restarts: start from the clock.
+    pub fn new(tree: TreeMode, state: StateDir) -> Supervisor {
+        // Instance ids stay unique across daemon restarts: start from the clock (and above
+        // every recorded instance, see `recover`).
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
@@ -143,7 +185,34 @@ impl Supervisor {
             table: Mutex::new(BTreeMap::new()),
             tree,
             next_instance: AtomicU64::new(seed),
+            state,
+            state_io: Mutex::new(()),
         }
+    }
+
+    /// Writes the table's current truth about `id` to the state directory: its record, or
+    /// no record once it is forgotten. Blocking I/O: call from a blocking thread.
+    pub fn persist(&self, id: &ServerId) -> std::io::Result<()> {
+        let _io = self.state_io.lock().unwrap_or_else(|p| p.into_inner());
+        let record = self
+            .table()
+            .get(id)
+            .filter(|e| e.state != ServerState::Starting)
+            .map(|e| e.record(id));
+        match record {
+            Some(r) => self.state.save(&r),
+            None => self.state.remove(&id.user, &id.server),
+        }
+    }
+
+    /// [`Self::persist`] on a blocking thread, logging failures.
+    fn persist_later(self: &Arc<Self>, id: ServerId) {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = me.persist(&id) {
+                tracing::error!(server = %id, "could not update the state directory: {e}");
+            }
+        });
     }
 
     pub fn tree(&self) -> &TreeMode {
@@ -167,10 +236,7 @@ impl Supervisor {
                 ErrorKind::AlreadyRunning,
                 format!(
                     "server {} is already {} (instance {}, pid {}); stop it first",
-                    new.id,
-                    old.state,
-                    old.instance,
-                    old.process.as_ref().map_or(0, |p| p.pid)
+                    new.id, old.state, old.instance, old.pid
                 ),
             ));
         }
@@ -189,6 +255,9 @@ impl Supervisor {
                 timeouts: new.timeouts,
                 state: ServerState::Starting,
                 process: None,
+                pid: 0,
+                start_ticks: 0,
+                cgroup: None,
             },
         );
         Ok(Reservation {
@@ -205,7 +274,7 @@ impl Supervisor {
         }
     }
 
-    /// Records a started server and begins watching it.
+    /// Records a started server and begins watching it. Call [`Self::persist`] afterwards.
     pub fn running(
         self: &Arc<Self>,
         r: &Reservation,
@@ -213,12 +282,13 @@ impl Supervisor {
         cgroup: Option<PathBuf>,
         log_path: PathBuf,
     ) {
+        // Our unreaped child: /proc/PID is certainly it.
+        let start_ticks = sys::process_start_time(launched.pid).unwrap_or(0);
         let (tx, rx) = watch::channel(false);
         let pidfd = Arc::new(launched.pidfd);
         let process = Process {
             pid: launched.pid,
             pidfd: pidfd.clone(),
-            cgroup: cgroup.clone(),
             gone: rx,
         };
         {
@@ -227,17 +297,40 @@ impl Supervisor {
                 e.state = ServerState::Running;
                 e.process = Some(process);
                 e.log_path = log_path;
+                e.start_ticks = start_ticks;
+                e.pid = launched.pid;
+                e.cgroup = cgroup.clone();
             }
         }
+        self.watch(r.id.clone(), r.instance, launched.pid, pidfd, cgroup, tx);
+    }
+
+    /// Waits for the server's exit, records it, then kills what is left of its tree.
+    fn watch(
+        self: &Arc<Self>,
+        id: ServerId,
+        instance: u64,
+        pid: i32,
+        pidfd: Arc<OwnedFd>,
+        cgroup: Option<PathBuf>,
+        gone: watch::Sender<bool>,
+    ) {
         let me = self.clone();
-        let (id, instance, pid) = (r.id.clone(), r.instance, launched.pid);
         tokio::spawn(async move {
             let status = wait_exit(pidfd).await;
             me.exited(&id, instance, status);
             if let Err(e) = tree::reap_tree(cgroup, pid, Duration::from_secs(10)).await {
                 tracing::warn!(server = %id, instance, "could not clean up the process tree: {e}");
             }
-            let _ = tx.send(true);
+            let me2 = me.clone();
+            let id2 = id.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = me2.persist(&id2) {
+                    tracing::error!(server = %id2, "could not update the state directory: {e}");
+                }
+            })
+            .await;
+            let _ = gone.send(true);
         });
     }
 
@@ -246,7 +339,7 @@ impl Supervisor {
         if let Some(e) = table.get_mut(id).filter(|e| e.instance == instance) {
             e.state = ServerState::Exited(status);
             e.exited_at = Some(SystemTime::now());
-            let pid = e.process.as_ref().map_or(0, |p| p.pid);
+            let pid = e.pid;
             tracing::info!(server = %id, instance, pid, "server exited: {status}");
         }
     }
@@ -257,7 +350,7 @@ impl Supervisor {
         e.check_instance(id, instance)?;
         Ok(Polled {
             instance: e.instance,
-            pid: e.process.as_ref().map_or(0, |p| p.pid as u32),
+            pid: e.pid as u32,
             state: e.state,
         })
     }
@@ -298,7 +391,7 @@ impl Supervisor {
     /// Stops a server: SIGINT (unless `now`), SIGTERM, then SIGKILL of the whole tree, each
     /// followed by its timeout; returns once the server and its tree are gone, and forgets it.
     pub async fn stop(
-        &self,
+        self: &Arc<Self>,
         id: &ServerId,
         instance: Option<u64>,
         now: bool,
@@ -320,9 +413,14 @@ impl Supervisor {
                     false
                 }
             };
-            (e.instance, e.process.clone(), e.timeouts, exited)
+            (
+                e.instance,
+                e.process.clone().map(|p| (p, e.cgroup.clone())),
+                e.timeouts,
+                exited,
+            )
         };
-        if let Some(mut p) = process {
+        if let Some((mut p, cgroup)) = process {
             if !exited {
                 let mut steps = Vec::with_capacity(3);
                 if !now {
@@ -335,7 +433,7 @@ impl Supervisor {
                         break;
                     }
                     if signal == libc::SIGKILL
-                        && let Err(e) = tree::kill_tree(p.cgroup.as_deref(), p.pid)
+                        && let Err(e) = tree::kill_tree(cgroup.as_deref(), p.pid)
                     {
                         tracing::warn!(server = %id, "could not kill the process tree: {e}");
                     }
@@ -361,19 +459,255 @@ impl Supervisor {
                 ));
             }
         }
-        let mut table = self.table();
-        match table.get(id) {
-            Some(e) if e.instance == instance => {
-                let status = match e.state {
-                    ServerState::Exited(s) => s,
-                    _ => ExitStatus::Unknown,
-                };
-                table.remove(id);
-                Ok((instance, status))
+        let status = {
+            let mut table = self.table();
+            match table.get(id) {
+                Some(e) if e.instance == instance => {
+                    let status = match e.state {
+                        ServerState::Exited(s) => s,
+                        _ => ExitStatus::Unknown,
+                    };
+                    table.remove(id);
+                    status
+                }
+                // Another stop finished first and forgot it; the server is gone all the same.
+                _ => return Ok((instance, ExitStatus::Unknown)),
             }
-            // Another stop finished first and forgot it; the server is gone all the same.
-            _ => Ok((instance, ExitStatus::Unknown)),
+        };
+        self.persist_later(id.clone());
+        Ok((instance, status))
+    }
+
+    /// Takes back the servers a previous daemon left: every record whose pid still has the
+    /// recorded start time and uid is re-adopted (a pidfd, an exit watcher, stop works as
+    /// before; its exit status will be unknown, since it is not our child). The others are
+    /// reported as exited and never signalled. In cgroup mode, server cgroups that no record
+    /// explains (a lost or corrupt record) are re-adopted too. Call once, before serving.
+    pub fn recover(self: &Arc<Self>, config: &crate::config::Config) -> Recovery {
+        let mut report = Recovery::default();
+        let (records, unreadable) = self.state.load_all();
+        for u in unreadable {
+            tracing::error!(
+                path = %u.path.display(),
+                moved_to = ?u.moved_to,
+                "UNREADABLE SERVER RECORD, moved aside; the server it described is recovered \
+                 from its cgroup if it has one: {}",
+                u.error
+            );
+            report.unreadable += 1;
         }
+        for rec in records {
+            self.bump_instance(rec.instance);
+            let id = rec.id();
+            let timeouts = StopTimeouts {
+                interrupt: Duration::from_millis(rec.interrupt_timeout_ms),
+                term: Duration::from_millis(rec.term_timeout_ms),
+                kill: Duration::from_millis(rec.kill_timeout_ms),
+            };
+            let adopted = match rec.exit {
+                Some(_) => Err("it had already exited".to_string()),
+                None => adopt(rec.pid, rec.start_ticks, rec.uid),
+            };
+            match adopted {
+                Ok(pidfd) => {
+                    tracing::info!(server = %id, pid = rec.pid, instance = rec.instance, "re-adopted");
+                    self.insert_adopted(&id, &rec, timeouts, pidfd);
+                    report.adopted += 1;
+                }
+                Err(why) => {
+                    if rec.exit.is_none() {
+                        tracing::warn!(
+                            server = %id,
+                            pid = rec.pid,
+                            "not re-adopted ({why}); reported as exited, pid not signalled"
+                        );
+                        report.exited += 1;
+                    }
+                    self.insert_exited(&id, &rec, timeouts);
+                }
+            }
+        }
+        if let TreeMode::Cgroup { base } = &self.tree {
+            report.from_cgroups = self.recover_cgroups(base, config);
+        }
+        let ids: Vec<ServerId> = self.table().keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.persist(&id) {
+                tracing::error!(server = %id, "could not update the state directory: {e}");
+            }
+        }
+        report
+    }
+
+    fn bump_instance(&self, seen: u64) {
+        self.next_instance
+            .fetch_max(seen.saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn entry_from(rec: &Record, timeouts: StopTimeouts, state: ServerState) -> Entry {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        Entry {
+            instance: rec.instance,
+            uid: rec.uid,
+            owner_uid: rec.owner_uid,
+            profile: rec.profile.clone(),
+            port: rec.port,
+            started_at: at(rec.started_at),
+            exited_at: rec.exited_at.map(at),
+            log_path: rec.log_path.clone(),
+            timeouts,
+            state,
+            process: None,
+            pid: rec.pid,
+            start_ticks: rec.start_ticks,
+            cgroup: rec.cgroup.clone(),
+        }
+    }
+
+    fn insert_adopted(
+        self: &Arc<Self>,
+        id: &ServerId,
+        rec: &Record,
+        timeouts: StopTimeouts,
+        pidfd: OwnedFd,
+    ) {
+        let (tx, rx) = watch::channel(false);
+        let pidfd = Arc::new(pidfd);
+        let mut entry = Self::entry_from(rec, timeouts, ServerState::Running);
+        entry.process = Some(Process {
+            pid: rec.pid,
+            pidfd: pidfd.clone(),
+            gone: rx,
+        });
+        self.table().insert(id.clone(), entry);
+        self.watch(
+            id.clone(),
+            rec.instance,
+            rec.pid,
+            pidfd,
+            rec.cgroup.clone(),
+            tx,
+        );
+    }
+
+    /// A server that is gone (or cannot be vouched for): exited, with its recorded status or
+    /// unknown. Its pid is never signalled; leftovers in its own cgroup are killed.
+    fn insert_exited(self: &Arc<Self>, id: &ServerId, rec: &Record, timeouts: StopTimeouts) {
+        let status = rec.exit.unwrap_or(ExitStatus::Unknown);
+        let mut entry = Self::entry_from(rec, timeouts, ServerState::Exited(status));
+        entry.exited_at = entry.exited_at.or(Some(SystemTime::now()));
+        let cgroup = entry.cgroup.clone();
+        self.table().insert(id.clone(), entry);
+        if let Some(dir) = cgroup.filter(|d| d.exists()) {
+            let id = id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = tree::reap_tree(Some(dir), 0, Duration::from_secs(10)).await {
+                    tracing::warn!(server = %id, "could not clean up the old cgroup: {e}");
+                }
+            });
+        }
+    }
+
+    /// Server cgroups (`<base>/<user>/<server>.<instance>`) that no record explains.
+    fn recover_cgroups(
+        self: &Arc<Self>,
+        base: &std::path::Path,
+        config: &crate::config::Config,
+    ) -> u32 {
+        let mut found = 0;
+        let Ok(users) = std::fs::read_dir(base) else {
+            return 0;
+        };
+        for user_dir in users.flatten().filter(|d| d.path().is_dir()) {
+            let user = user_dir.file_name().to_string_lossy().into_owned();
+            let Ok(servers) = std::fs::read_dir(user_dir.path()) else {
+                continue;
+            };
+            for dir in servers.flatten().filter(|d| d.path().is_dir()) {
+                let name = dir.file_name().to_string_lossy().into_owned();
+                let Some((stem, instance)) = name.rsplit_once('.') else {
+                    continue;
+                };
+                let Ok(instance) = instance.parse::<u64>() else {
+                    continue;
+                };
+                let server = if stem == "@default" {
+                    String::new()
+                } else {
+                    stem.to_string()
+                };
+                let id = ServerId::new(user.clone(), server);
+                if id.validate().is_err() {
+                    continue;
+                }
+                let known = self.table().get(&id).map(|e| e.instance);
+                if known == Some(instance) {
+                    continue;
+                }
+                let path = dir.path();
+                if !tree::populated(&path) {
+                    let _ = std::fs::remove_dir(&path);
+                    continue;
+                }
+                if known.is_some() {
+                    // Another instance of this server is recorded: this is a leftover tree.
+                    tracing::warn!(server = %id, cgroup = %path.display(), "killing a stale server tree");
+                    let _ = tree::kill_tree(Some(&path), 0);
+                    continue;
+                }
+                match recover_from_cgroup(&id, instance, &path, config) {
+                    Ok((rec, pidfd)) => {
+                        tracing::warn!(
+                            server = %id,
+                            pid = rec.pid,
+                            instance,
+                            "re-adopted from its cgroup (its record was lost)"
+                        );
+                        self.bump_instance(instance);
+                        let timeouts = config
+                            .profile("")
+                            .map(|p| StopTimeouts {
+                                interrupt: p.interrupt_timeout,
+                                term: p.term_timeout,
+                                kill: p.kill_timeout,
+                            })
+                            .unwrap_or(StopTimeouts {
+                                interrupt: Duration::from_secs(30),
+                                term: Duration::from_secs(30),
+                                kill: Duration::from_secs(5),
+                            });
+                        self.insert_adopted(&id, &rec, timeouts, pidfd);
+                        found += 1;
+                    }
+                    Err(why) => tracing::warn!(
+                        server = %id,
+                        cgroup = %path.display(),
+                        "cannot re-adopt the processes in this cgroup: {why}"
+                    ),
+                }
+            }
+        }
+        found
+    }
+
+    /// SIGKILLs a server and its tree at once (a start that cannot be recorded).
+    pub fn kill_now(&self, id: &ServerId, instance: u64) {
+        let table = self.table();
+        if let Some(e) = table.get(id).filter(|e| e.instance == instance)
+            && let Some(p) = &e.process
+        {
+            let _ = tree::kill_tree(e.cgroup.as_deref(), p.pid);
+            let _ = sys::pidfd_send_signal(p.pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
+
+    /// Every server that is not known to have exited (for `on_shutdown = "stop"`).
+    pub fn live_servers(&self) -> Vec<ServerId> {
+        self.table()
+            .iter()
+            .filter(|(_, e)| !matches!(e.state, ServerState::Exited(_)))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// One page of the servers `viewer` may see, in (user, server) order after `after`.
@@ -414,6 +748,93 @@ impl Supervisor {
     }
 }
 
+/// What [`Supervisor::recover`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// Recorded servers still running, now supervised again.
+    pub adopted: u32,
+    /// Recorded servers that were gone (or whose pid now belongs to something else).
+    pub exited: u32,
+    /// Servers found in cgroups without a record.
+    pub from_cgroups: u32,
+    /// Records that could not be read (moved aside).
+    pub unreadable: u32,
+}
+
+/// Opens a pidfd to `pid` and checks that it is still the recorded process: same start time
+/// and same real uid. The pidfd is opened first and liveness checked after reading /proc, so
+/// the /proc data cannot belong to a process that replaced it.
+fn adopt(pid: i32, start_ticks: u64, uid: u32) -> Result<OwnedFd, String> {
+    if pid <= 1 {
+        return Err(format!("recorded pid {pid} is not a server"));
+    }
+    let pidfd = sys::pidfd_open(pid).map_err(|e| format!("pid {pid} is gone ({e})"))?;
+    let ticks = sys::process_start_time(pid).map_err(|e| format!("pid {pid} is gone ({e})"))?;
+    if ticks != start_ticks {
+        return Err(format!(
+            "pid {pid} now belongs to another process (its start time differs)"
+        ));
+    }
+    let real_uid = sys::process_uid(pid).map_err(|e| format!("pid {pid} is gone ({e})"))?;
+    if real_uid != uid {
+        return Err(format!(
+            "pid {pid} runs as uid {real_uid}, not the recorded uid {uid}"
+        ));
+    }
+    sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|e| format!("pid {pid} is gone ({e})"))?;
+    Ok(pidfd)
+}
+
+/// Finds a server's main process in its cgroup: the session leader (servers call setsid)
+/// that started first, owned by the server's user.
+fn recover_from_cgroup(
+    id: &ServerId,
+    instance: u64,
+    cgroup: &std::path::Path,
+    config: &crate::config::Config,
+) -> Result<(Record, OwnedFd), String> {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).map_err(|e| e.to_string())?;
+    let user = nix::unistd::User::from_name(&id.user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("user {} no longer exists", id.user))?;
+    let uid = user.uid.as_raw();
+    let main = procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter(|&pid| sys::process_session(pid).ok() == Some(pid))
+        .filter(|&pid| sys::process_uid(pid).ok() == Some(uid))
+        .filter_map(|pid| sys::process_start_time(pid).ok().map(|t| (t, pid)))
+        .min()
+        .ok_or_else(|| format!("no process of user {} leads a session in it", id.user))?;
+    let (start_ticks, pid) = main;
+    let pidfd = adopt(pid, start_ticks, uid)?;
+    let now = epoch_secs(SystemTime::now());
+    let timeouts = config.profile("");
+    let ms = |d: Option<Duration>, dflt: u64| d.map_or(dflt, |d| d.as_millis() as u64);
+    let record = Record {
+        version: RECORD_VERSION,
+        user: id.user.clone(),
+        server: id.server.clone(),
+        uid,
+        owner_uid: config.hub_uid,
+        instance,
+        pid,
+        start_ticks,
+        cgroup: Some(cgroup.to_path_buf()),
+        profile: "(recovered)".into(),
+        port: None,
+        log_path: crate::logs::log_path(&config.log_dir, &id.user, &id.server),
+        started_at: now,
+        exit: None,
+        exited_at: None,
+        interrupt_timeout_ms: ms(timeouts.map(|p| p.interrupt_timeout), 30_000),
+        term_timeout_ms: ms(timeouts.map(|p| p.term_timeout), 30_000),
+        kill_timeout_ms: ms(timeouts.map(|p| p.kill_timeout), 5_000),
+    };
+    Ok((record, pidfd))
+}
+
 /// Waits until the process behind `pidfd` exits, and reaps it.
 async fn wait_exit(pidfd: Arc<OwnedFd>) -> ExitStatus {
     let to_status = |r: Reaped| match r {
@@ -436,6 +857,9 @@ async fn wait_exit(pidfd: Arc<OwnedFd>) -> ExitStatus {
             match sys::waitid_pidfd(pidfd.as_fd()) {
                 Ok(Some(r)) => return to_status(r),
                 Ok(None) => guard.clear_ready(),
+                // Not our child (re-adopted after a daemon restart): it has exited, but only
+                // its parent learns how.
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return ExitStatus::Unknown,
                 Err(e) => {
                     tracing::error!("waitid on a pidfd failed: {e}");
                     return ExitStatus::Unknown;

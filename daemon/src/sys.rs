@@ -120,16 +120,33 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
 /// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), which
 /// together with the pid names one process for good.
 pub fn process_start_time(pid: i32) -> io::Result<u64> {
+    stat_field(pid, 19)
+}
+
+/// The session id of a process (field 6 of /proc/PID/stat).
+pub fn process_session(pid: i32) -> io::Result<i32> {
+    stat_field(pid, 3)
+}
+
+fn stat_field<T: std::str::FromStr>(pid: i32, index_after_comm: usize) -> io::Result<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let rest = stat
-        .rfind(')')
+    stat.rfind(')')
         .map(|i| &stat[i + 1..])
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))?;
-    rest.split_whitespace()
-        .nth(19)
+        .and_then(|rest| rest.split_whitespace().nth(index_after_comm))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))
+}
+
+/// The real uid of a process (first field of `Uid:` in /proc/PID/status).
+pub fn process_uid(pid: i32) -> io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc status"))
 }
 
 /// The names of the capabilities in the daemon's effective set.

@@ -31,8 +31,8 @@ pub const VERSION: u16 = 1;
 /// Largest packet either side sends or accepts, in bytes. A larger packet is refused.
 pub const MAX_PACKET: usize = 64 * 1024;
 
-/// Longest user name accepted (the Linux `useradd` limit).
-pub const MAX_USER_LEN: usize = 32;
+/// Longest user name accepted (`useradd` stops at 32, directory services go further).
+pub const MAX_USER_LEN: usize = 64;
 /// Longest server name accepted (JupyterHub named servers).
 pub const MAX_SERVER_LEN: usize = 64;
 /// Longest profile name accepted.
@@ -46,7 +46,7 @@ pub const MAX_STRING: usize = 16 * 1024;
 /// Most lines a `Logs` request may ask for.
 pub const MAX_LOG_LINES: u32 = 10_000;
 /// Most servers in one `List` page.
-pub const MAX_LIST_PAGE: u32 = 256;
+pub const MAX_LIST_PAGE: u32 = 200;
 
 /// Every packet: a version, a request id chosen by the client (echoed in the response), and the
 /// body.

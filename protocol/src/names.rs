@@ -16,8 +16,8 @@ pub enum NameError {
         max: usize,
     },
     #[error(
-        "{what} name {name:?} contains {found:?}; allowed are ASCII letters, digits, '_', '-' and \
-         '.' (not first)"
+        "{what} name {name:?} contains {found:?}; allowed are ASCII letters, digits, '_', and (not \
+         first) '-', '.' and, in user names, '@'"
     )]
     BadChar {
         what: &'static str,
@@ -26,7 +26,13 @@ pub enum NameError {
     },
 }
 
-fn check(what: &'static str, name: &str, max: usize, dot_ok: bool) -> Result<(), NameError> {
+fn check(
+    what: &'static str,
+    name: &str,
+    max: usize,
+    dot_ok: bool,
+    at_ok: bool,
+) -> Result<(), NameError> {
     if name.len() > max {
         return Err(NameError::TooLong {
             what,
@@ -38,7 +44,8 @@ fn check(what: &'static str, name: &str, max: usize, dot_ok: bool) -> Result<(),
         let ok = c.is_ascii_alphanumeric()
             || c == '_'
             || (i > 0 && c == '-')
-            || (i > 0 && dot_ok && c == '.');
+            || (i > 0 && dot_ok && c == '.')
+            || (i > 0 && at_ok && c == '@');
         if !ok {
             // Only echo short names: a hostile 16 KiB name should not fill the logs.
             let shown: String = name.chars().take(max).collect();
@@ -52,25 +59,25 @@ fn check(what: &'static str, name: &str, max: usize, dot_ok: bool) -> Result<(),
     Ok(())
 }
 
-/// A user name: 1 to 32 bytes of ASCII letters, digits, `_`, and (not first) `-` and `.`.
-/// No `/`, no NUL, never `.` or `..`.
+/// A user name: 1 to 64 bytes of ASCII letters, digits, `_`, and (not first) `-`, `.` and `@`
+/// (directory services name users `name@domain`). No `/`, no NUL, never `.` or `..`.
 pub fn validate_user_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty { what: "user" });
     }
-    check("user", name, MAX_USER_LEN, true)
+    check("user", name, MAX_USER_LEN, true, true)
 }
 
 /// A server name: empty (the default server) or up to 64 bytes of ASCII letters, digits, `_`,
 /// and (not first) `-` and `.`.
 pub fn validate_server_name(name: &str) -> Result<(), NameError> {
-    check("server", name, MAX_SERVER_LEN, true)
+    check("server", name, MAX_SERVER_LEN, true, false)
 }
 
 /// A profile name: empty (the configured default) or up to 64 bytes of ASCII letters, digits,
 /// `_` and (not first) `-`.
 pub fn validate_profile_name(name: &str) -> Result<(), NameError> {
-    check("profile", name, MAX_PROFILE_LEN, false)
+    check("profile", name, MAX_PROFILE_LEN, false, false)
 }
 
 /// An environment variable name as POSIX shells accept it: a letter or `_`, then letters,

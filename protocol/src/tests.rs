@@ -176,7 +176,7 @@ fn limits_are_enforced_with_reasons() {
         (start("alice", "a/b"), "server name"),
         (start("al\0ce", ""), "user name"),
         (start("", ""), "user name is empty"),
-        (start(&"a".repeat(33), ""), "33 bytes"),
+        (start(&"a".repeat(65), ""), "65 bytes"),
         (
             Request::Start(StartRequest {
                 server: ServerId::new("alice", ""),
@@ -246,7 +246,15 @@ fn limits_are_enforced_with_reasons() {
 
 #[test]
 fn names() {
-    for ok in ["alice", "a", "_x", "bob.smith", "u-1", &"a".repeat(32)] {
+    for ok in [
+        "alice",
+        "a",
+        "_x",
+        "bob.smith",
+        "u-1",
+        "jo@example.org",
+        &"a".repeat(64),
+    ] {
         validate_user_name(ok).unwrap();
     }
     for bad in [
@@ -255,10 +263,12 @@ fn names() {
         "..",
         "-x",
         ".hidden",
+        "@x",
         "a/b",
         "a b",
+        "a~b",
         "é",
-        &"a".repeat(33),
+        &"a".repeat(65),
     ] {
         assert!(validate_user_name(bad).is_err(), "{bad:?}");
     }
@@ -266,6 +276,10 @@ fn names() {
     validate_server_name("gpu.2-x").unwrap();
     assert!(validate_server_name("..").is_err());
     assert!(validate_server_name("@default").is_err());
+    assert!(
+        validate_server_name("a@b").is_err(),
+        "'@' would collide with @default files"
+    );
     assert!(validate_profile_name("a.b").is_err());
     assert!(env_name_is_valid("LC_ALL") && env_name_is_valid("_X1"));
     assert!(!env_name_is_valid("1X") && !env_name_is_valid("") && !env_name_is_valid("A-B"));

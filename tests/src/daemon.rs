@@ -341,11 +341,88 @@ impl TestDaemon {
         let config = dir.write_config("spawnd.toml", &opts);
         let cgroup_base = dir.cgroup_base(&opts);
         let stderr_path = dir.path.join("spawnd.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
+        let mut daemon = TestDaemon {
+            config,
+            socket: dir.socket(),
+            stderr_path,
+            cgroup_base,
+            child: None,
+            dir,
+        };
+        daemon.spawn_process(None);
+        daemon
+    }
+
+    /// Starts a daemon that gets its listening socket from "systemd": the test binds it
+    /// (0660, root:hub group) and passes it as fd 3 with LISTEN_FDS=1 and LISTEN_PID set to
+    /// the daemon's own pid (through `sh -c 'LISTEN_PID=$$ exec spawnd ...'`).
+    pub fn start_socket_activated(opts: DaemonOptions) -> TestDaemon {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let dir = TestDir::new();
+        let config = dir.write_config("spawnd.toml", &opts);
+        let cgroup_base = dir.cgroup_base(&opts);
+        let stderr_path = dir.path.join("spawnd.stderr");
+        let socket = dir.socket();
+        let fd: OwnedFd = {
+            use nix::sys::socket::{
+                AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen,
+                socket as mksocket,
+            };
+            let fd = mksocket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            bind(fd.as_raw_fd(), &UnixAddr::new(&socket).expect("addr")).expect("bind");
+            listen(&fd, Backlog::new(128).expect("backlog")).expect("listen");
+            fd
+        };
+        nix::unistd::chown(
+            &socket,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(users().hub.gid)),
+        )
+        .expect("chown socket");
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
+            .expect("chmod socket");
+        let mut daemon = TestDaemon {
+            config,
+            socket,
+            stderr_path,
+            cgroup_base,
+            child: None,
+            dir,
+        };
+        daemon.spawn_process(Some(fd));
+        daemon
+    }
+
+    /// Runs the spawnd binary on this daemon's config (again), appending to its stderr file,
+    /// and waits until it accepts connections.
+    fn spawn_process(&mut self, listen_fd: Option<std::os::fd::OwnedFd>) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("open stderr file");
         let stdout = stderr.try_clone().expect("dup stderr file");
-        let child = Command::new(bin_path("spawnd", "SPAWND_BIN"))
-            .arg("--config")
-            .arg(&config)
+        let bin = bin_path("spawnd", "SPAWND_BIN");
+        let mut cmd = match &listen_fd {
+            None => Command::new(&bin),
+            Some(_) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+                    .arg(&bin);
+                c
+            }
+        };
+        cmd.arg("--config")
+            .arg(&self.config)
             .env("SPAWND_LOG", "debug")
             .env_remove("JOURNAL_STREAM")
             .env_remove("LISTEN_FDS")
@@ -353,19 +430,79 @@ impl TestDaemon {
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("run spawnd");
-        let mut daemon = TestDaemon {
-            config,
-            socket: dir.socket(),
-            stderr_path,
-            cgroup_base,
-            child: Some(child),
-            dir,
+            .stderr(stderr);
+        if let Some(fd) = &listen_fd {
+            let raw = fd.as_raw_fd();
+            // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec
+            // and only duplicates an fd we own onto 3 (dup2 clears close-on-exec on the copy).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        self.child = Some(cmd.spawn().expect("run spawnd"));
+        drop(listen_fd);
+        self.wait_ready(Duration::from_secs(10));
+    }
+
+    /// `kill -9` of the daemon: its servers keep running, its state stays as it was.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and waits (up to `timeout`) for the daemon to exit; returns its status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "spawnd did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts a new daemon process on the same directory, config and state.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon before restarting it");
+        self.spawn_process(None);
+    }
+
+    /// Sends SIGHUP (reload the configuration).
+    pub fn sighup(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP spawnd");
+    }
+
+    /// The state record of a server.
+    pub fn record_path(&self, user: &str, server: &str) -> PathBuf {
+        let stem = if server.is_empty() {
+            "@default"
+        } else {
+            server
         };
-        daemon.wait_ready(Duration::from_secs(10));
-        daemon
+        self.dir
+            .state_dir()
+            .join("servers")
+            .join(user)
+            .join(format!("{stem}.json"))
     }
 
     fn wait_ready(&mut self, timeout: Duration) {

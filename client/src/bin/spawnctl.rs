@@ -419,9 +419,9 @@ mod tests {
         assert!(parse_target("../etc").is_err());
         assert!(parse_target("alice/..").is_err());
         assert!(
-            parse_target(&"a".repeat(33))
+            parse_target(&"a".repeat(65))
                 .unwrap_err()
-                .contains("33 bytes")
+                .contains("65 bytes")
         );
     }
 

@@ -171,6 +171,22 @@ fn cgroup_keywords() {
 }
 
 #[test]
+fn on_shutdown_keywords() {
+    assert_eq!(parse(&with_top("")).unwrap().on_shutdown, OnShutdown::Keep);
+    assert_eq!(
+        parse(&with_top("on_shutdown = \"stop\""))
+            .unwrap()
+            .on_shutdown,
+        OnShutdown::Stop
+    );
+    assert_problem(
+        &with_top("on_shutdown = \"kill\""),
+        "on_shutdown",
+        "\"keep\"",
+    );
+}
+
+#[test]
 fn syntax_error_is_one_problem_with_position() {
     let text = "hub_user = \"daemon\"\ngroup = = \"nogroup\"\n";
     let found = problems(text);
