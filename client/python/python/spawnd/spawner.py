@@ -89,6 +89,9 @@ class SpawndSpawner(Spawner):
     _progress_log = None
     _progress_changed = None
     _progress_done = False
+    # Exit status of the known instance once spawnd reported its exit (its record is then
+    # dropped from spawnd's table: see _forget_exited).
+    _exit_code = None
 
     @default("options_form")
     def _default_options_form(self):
@@ -108,7 +111,15 @@ class SpawndSpawner(Spawner):
             f"{options}\n</select>"
         )
 
-    def options_from_form(self, formdata):
+    # `options_from_form` is a configurable trait of Spawner (a callable, or "passthrough" /
+    # "simple"): only its default is changed here, so that an operator's setting still wins.
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        if len(self.profiles) < 2:
+            return self._passthrough_options_from_form
+        return self._profile_options_from_form
+
+    def _profile_options_from_form(self, formdata):
         chosen = formdata.get("profile", [self.profile])
         if isinstance(chosen, list):
             chosen = chosen[0] if chosen else self.profile
@@ -116,6 +127,13 @@ class SpawndSpawner(Spawner):
 
     def _chosen_profile(self):
         chosen = (self.user_options or {}).get("profile")
+        if isinstance(chosen, list):
+            # what the stock "passthrough" options_from_form makes of a form field
+            chosen = chosen[0] if len(chosen) == 1 else chosen
+        if chosen and not isinstance(chosen, str):
+            raise _spawn_error(
+                f"The profile must be given as a name, not {chosen!r}", reason="profile"
+            )
         if not chosen:
             return self.profile
         if self.profiles and chosen not in self.profiles:
@@ -143,6 +161,7 @@ class SpawndSpawner(Spawner):
         super().load_state(state)
         self.pid = state.get("pid", 0)
         self.instance = state.get("instance")
+        self._exit_code = None
 
     def get_state(self):
         state = super().get_state()
@@ -156,6 +175,7 @@ class SpawndSpawner(Spawner):
         super().clear_state()
         self.pid = 0
         self.instance = None
+        self._exit_code = None
 
     # --- progress --------------------------------------------------------------------------
 
@@ -188,6 +208,7 @@ class SpawndSpawner(Spawner):
             self._progress_changed.set()
 
     async def _start(self):
+        self._exit_code = None
         profile = self._chosen_profile()
         if self.port == 0:
             self.port = random_port()
@@ -261,7 +282,10 @@ class SpawndSpawner(Spawner):
                     f"The server disappeared during start-up: {message}", reason=kind
                 ) from None
             if polled is not None and polled.state == "exited":
-                raise await self._failed_during_startup(polled)
+                error = await self._failed_during_startup(polled)
+                self._exit_code = polled.exit_code
+                await self._forget_exited(polled.instance)
+                raise error
             if await _port_open(connect_ip, port):
                 return
             await asyncio.sleep(delay)
@@ -273,6 +297,9 @@ class SpawndSpawner(Spawner):
         if self.instance is None and not self.pid:
             # Never started, or cleared: not running (None while a start is pending).
             return None if self._spawn_pending else 0
+        if self._exit_code is not None:
+            # Exited, and its record already dropped from spawnd's table.
+            return self._exit_code
         try:
             polled = await self.client.poll(self.user.name, self.name, self.instance)
         except DaemonUnreachable as e:
@@ -292,8 +319,25 @@ class SpawndSpawner(Spawner):
             return None
         if polled.state == "exited":
             self.log.info("%s exited: %s", self._log_name, polled.exit_description)
+            self._exit_code = polled.exit_code
+            await self._forget_exited(polled.instance)
             return polled.exit_code
         return None
+
+    async def _forget_exited(self, instance):
+        """Drop the record of our exited instance from spawnd's table.
+
+        spawnd keeps an exited server (with its exit status) until someone stops it, but
+        JupyterHub never calls stop() for a server that poll() reported as exited (User.stop
+        polls first), so without this every crashed server and every failed start would stay
+        in spawnd's table. A stop of an exited instance returns at once; the instance id (the
+        one spawnd reported as exited) makes sure a newer server of the same name is never
+        touched. The exit status is kept in `_exit_code`, so later polls still return it.
+        """
+        try:
+            await self.client.stop(self.user.name, self.name, instance, True)
+        except SpawndError as e:  # DaemonUnreachable included: the record stays, harmless
+            self.log.debug("could not drop spawnd's record of %s: %s", self._log_name, e)
 
     # --- stop ------------------------------------------------------------------------------
 
@@ -324,6 +368,9 @@ class SpawndSpawner(Spawner):
                     return
                 raise RuntimeError(f"spawnd could not stop {self._log_name}: {message}") from None
             self.log.info("%s stopped: %s", self._log_name, stopped.exit_description)
+            # spawnd drops a server's record once it has stopped it: keep its exit status for
+            # poll() (JupyterHub's tests expect -SIGTERM after a stop that needed SIGTERM).
+            self._exit_code = stopped.exit_code
             return
 
 
