@@ -98,6 +98,10 @@ const TOP_KEYS: &[&str] = &[
     "log_keep",
     "cgroup",
     "on_shutdown",
+    "max_connections",
+    "max_connections_per_uid",
+    "max_requests_in_flight",
+    "first_request_timeout",
     "default_profile",
     "profiles",
 ];
@@ -113,6 +117,35 @@ const PROFILE_KEYS: &[&str] = &[
     "term_timeout",
     "kill_timeout",
 ];
+
+/// Default for `max_connections`: open connections at once, all peers together.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Default for `max_connections_per_uid`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: u32 = 1024;
+/// Default for `max_requests_in_flight` (per connection).
+pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: u32 = 64;
+/// Default for `first_request_timeout`: a peer that connects and sends nothing is dropped.
+pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection limits (issue: a daemon every host relies on must survive floods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_connections_per_uid: u32,
+    pub max_requests_in_flight: u32,
+    pub first_request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+        }
+    }
+}
 
 /// What the daemon does with running servers when it is stopped (`on_shutdown = ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -221,6 +254,7 @@ pub struct Config {
     pub log_keep: u32,
     pub cgroup: CgroupSetting,
     pub on_shutdown: OnShutdown,
+    pub limits: Limits,
     pub default_profile: String,
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -458,6 +492,43 @@ impl Config {
             }
         };
 
+        let mut count = |name: &str, default: u32, max: u32| -> u32 {
+            match take_integer(&mut table, name, name, &mut p) {
+                Got::Absent | Got::Invalid => default,
+                Got::Value(n) => match u32::try_from(n) {
+                    Ok(n) if (1..=max).contains(&n) => n,
+                    _ => {
+                        p.add(name, format!("{n} is out of range; use 1 to {max}"));
+                        default
+                    }
+                },
+            }
+        };
+        let max_connections = count("max_connections", DEFAULT_MAX_CONNECTIONS, 1 << 20);
+        let max_connections_per_uid = count(
+            "max_connections_per_uid",
+            DEFAULT_MAX_CONNECTIONS_PER_UID,
+            1 << 20,
+        );
+        let max_requests_in_flight = count(
+            "max_requests_in_flight",
+            DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+            1 << 16,
+        );
+        let first_request_timeout = take_seconds(
+            &mut table,
+            "first_request_timeout",
+            "first_request_timeout",
+            DEFAULT_FIRST_REQUEST_TIMEOUT,
+            &mut p,
+        );
+        let limits = Limits {
+            max_connections,
+            max_connections_per_uid,
+            max_requests_in_flight,
+            first_request_timeout,
+        };
+
         let default_profile =
             match take_string(&mut table, "default_profile", "default_profile", &mut p) {
                 Got::Absent => Some(DEFAULT_PROFILE.to_owned()),
@@ -535,6 +606,7 @@ impl Config {
             log_keep: log_keep.unwrap_or_default(),
             cgroup: cgroup.unwrap_or(CgroupSetting::Auto),
             on_shutdown: on_shutdown.unwrap_or_default(),
+            limits,
             default_profile: default_profile.unwrap_or_default(),
             profiles,
         })

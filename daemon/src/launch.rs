@@ -13,6 +13,16 @@ use std::ffi::{CString, c_char};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The soft open-file limit servers get (the daemon's own, before it raised it for its
+/// pidfds); 0 = leave the inherited limit alone.
+static SERVER_NOFILE_SOFT: AtomicU64 = AtomicU64::new(0);
+
+/// Records the soft RLIMIT_NOFILE that servers should start with.
+pub fn set_server_nofile_soft(soft: u64) {
+    SERVER_NOFILE_SOFT.store(soft, Ordering::Relaxed);
+}
 
 /// One step of the child's set-up, as reported back through the pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +145,8 @@ pub struct LaunchSpec {
     home: CString,
     umask: libc::mode_t,
     dev_null: CString,
+    /// RLIMIT_NOFILE for the server (the daemon raised its own soft limit).
+    nofile: Option<libc::rlimit>,
     log: OwnedFd,
     cgroup_procs: Option<OwnedFd>,
     summary: SpecSummary,
@@ -207,6 +219,7 @@ impl LaunchSpec {
             home: cstring("home directory", input.home, user)?,
             umask: input.umask as libc::mode_t,
             dev_null: c"/dev/null".to_owned(),
+            nofile: server_nofile(),
             log: input.log,
             cgroup_procs: input.cgroup_procs,
             summary: SpecSummary {
@@ -218,6 +231,25 @@ impl LaunchSpec {
             },
         })
     }
+}
+
+fn server_nofile() -> Option<libc::rlimit> {
+    let soft = SERVER_NOFILE_SOFT.load(Ordering::Relaxed);
+    if soft == 0 {
+        return None;
+    }
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } < 0 {
+        return None;
+    }
+    Some(libc::rlimit {
+        rlim_cur: soft.min(current.rlim_max),
+        rlim_max: current.rlim_max,
+    })
 }
 
 /// A started server: its pid and a pidfd opened while it was still our unreaped child (so the
@@ -358,6 +390,10 @@ unsafe fn child_setup(spec: &LaunchSpec, empty_set: &libc::sigset_t, report: Raw
                 Step::Cgroup,
                 libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1)
             );
+        }
+        if let Some(limit) = &spec.nofile {
+            // Lowering a soft limit cannot fail for want of privilege; ignore errors anyway.
+            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
         }
         check!(Step::Setsid, libc::setsid());
         check!(

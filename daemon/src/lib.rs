@@ -17,6 +17,7 @@ pub mod launch;
 pub mod logging;
 pub mod logs;
 pub mod policy;
+pub mod privileges;
 pub mod server;
 pub mod state;
 pub mod supervisor;

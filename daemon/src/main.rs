@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use sd_notify::NotifyState;
 use spawnd::config::{self, Config, OnShutdown};
 use spawnd::server::Daemon;
 use spawnd::state::StateDir;
@@ -76,6 +77,16 @@ fn run(config_path: &Path) -> Result<()> {
     if listen_fd.is_none() {
         ensure_dir(&socket_dir, 0o755)?;
     }
+    // The cgroup base may sit in a directory only CAP_DAC_OVERRIDE can write (the hierarchy's
+    // root is 0555): create it while the daemon still has every capability. Everything below
+    // it is the daemon's own.
+    let tree = TreeMode::detect(&config.cgroup);
+    // One pidfd per server: allow as many descriptors as the hard limit (servers get the
+    // original soft limit back before exec).
+    raise_nofile_limit();
+    // Before any thread exists: capability sets are per thread.
+    let kept = spawnd::privileges::drop_to_needed().context("dropping capabilities")?;
+    tracing::info!(capabilities = ?kept, "capabilities reduced");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,28 +94,14 @@ fn run(config_path: &Path) -> Result<()> {
         .build()
         .context("could not start the async runtime")?;
     runtime.block_on(async move {
-        let listener = match listen_fd {
-            Some(fd) => {
-                set_nonblocking(&fd)?;
-                UnixSeqpacketListener::try_from(fd)
-                    .context("the socket passed by systemd (LISTEN_FDS) is not usable")?
-            }
-            None => bind(&config)?,
-        };
-        let tree = TreeMode::detect(&config.cgroup);
+        // Signal handlers first: a SIGHUP or SIGTERM during start-up must not kill the daemon.
+        let signals = Signals::install()?;
         if let TreeMode::ProcessGroup { reason } = &tree {
             tracing::warn!(
                 "process trees are tracked by process group, not cgroup ({reason}); processes \
                  that leave their session can outlive a stop"
             );
         }
-        tracing::info!(
-            socket = %config.socket.display(),
-            tree = %tree.describe(),
-            hub_user = %config.hub_user,
-            group = %config.group,
-            "ready"
-        );
         let state = StateDir::open(&config.state_dir).with_context(|| {
             format!(
                 "could not open the state directory {}",
@@ -120,54 +117,143 @@ fn run(config_path: &Path) -> Result<()> {
             unreadable_records = recovery.unreadable,
             "recovered the servers of the previous daemon"
         );
+        let listener = match listen_fd {
+            Some(fd) => {
+                set_nonblocking(&fd)?;
+                UnixSeqpacketListener::try_from(fd)
+                    .context("the socket passed by systemd (LISTEN_FDS) is not usable")?
+            }
+            None => bind(&config)?,
+        };
+        tracing::info!(
+            socket = %config.socket.display(),
+            tree = %supervisor.tree().describe(),
+            hub_user = %config.hub_user,
+            group = %config.group,
+            "ready"
+        );
         let source = config.source.clone();
         let daemon = Daemon::new(config, supervisor);
         tokio::spawn(daemon.clone().serve(listener));
-        signals(daemon, source).await
+        notify(&[NotifyState::Ready]);
+        tokio::spawn(report_to_systemd(daemon.clone()));
+        signals.run(daemon, source).await
     })
 }
 
-/// Waits for SIGTERM/SIGINT (exit, leaving servers running) and handles SIGHUP (reload).
-async fn signals(daemon: std::sync::Arc<Daemon>, source: PathBuf) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => match Config::load(&source) {
-                Ok(new) => {
-                    tracing::info!("configuration reloaded from {}", source.display());
-                    daemon.set_config(new);
-                }
-                Err(e) => tracing::error!("configuration reload refused, keeping the old one:\n{e}"),
-            },
-        }
+/// The signals the daemon handles, installed before anything else can be interrupted.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
     }
+
+    /// Waits for SIGTERM/SIGINT (exit) and handles SIGHUP (reload).
+    async fn run(mut self, daemon: std::sync::Arc<Daemon>, source: PathBuf) -> Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => {
+                    notify(&[NotifyState::Reloading]);
+                    match Config::load(&source) {
+                        Ok(new) => {
+                            tracing::info!("configuration reloaded from {}", source.display());
+                            daemon.set_config(new);
+                        }
+                        Err(e) => tracing::error!(
+                            "configuration reload refused, keeping the old one:\n{e}"
+                        ),
+                    }
+                    notify(&[NotifyState::Ready]);
+                }
+            }
+        }
+        notify(&[NotifyState::Stopping]);
+        shutdown(&daemon).await;
+        Ok(())
+    }
+}
+
+async fn shutdown(daemon: &Daemon) {
     if daemon.config().on_shutdown == OnShutdown::Stop {
         let servers = daemon.supervisor().live_servers();
         tracing::info!(
             "stopping; on_shutdown = \"stop\": stopping {} servers",
             servers.len()
         );
-        let stops = servers.into_iter().map(|id| {
-            let sup = daemon.supervisor().clone();
-            tokio::spawn(async move {
-                if let Err(e) = sup.stop(&id, None, false).await {
-                    tracing::error!(server = %id, "could not stop at shutdown: {}", e.message);
-                }
+        let stops: Vec<_> = servers
+            .into_iter()
+            .map(|id| {
+                let sup = daemon.supervisor().clone();
+                tokio::spawn(async move {
+                    if let Err(e) = sup.stop(&id, None, false).await {
+                        tracing::error!(server = %id, "could not stop at shutdown: {}", e.message);
+                    }
+                })
             })
-        });
-        for stop in stops.collect::<Vec<_>>() {
+            .collect();
+        for stop in stops {
             let _ = stop.await;
         }
     } else {
         let (running, _) = daemon.supervisor().counts();
         tracing::info!("stopping; {running} servers keep running and will be re-adopted");
     }
-    Ok(())
+}
+
+/// Tells systemd (when it started us with NOTIFY_SOCKET) how many servers run, and pets the
+/// watchdog at half its interval when one is set. The count takes the server table's lock, so
+/// a daemon wedged on it stops petting the watchdog and is restarted.
+async fn report_to_systemd(daemon: std::sync::Arc<Daemon>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map_or(std::time::Duration::from_secs(10), |w| {
+        (w / 2).min(std::time::Duration::from_secs(10))
+    });
+    loop {
+        let (running, exited) = daemon.supervisor().counts();
+        let status = format!("{running} servers running, {exited} exited");
+        let mut states = vec![NotifyState::Status(&status)];
+        if watchdog.is_some() {
+            states.push(NotifyState::Watchdog);
+        }
+        notify(&states);
+        tokio::time::sleep(period).await;
+    }
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("could not notify systemd: {e}");
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (one pidfd per server).
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            spawnd::launch::set_server_nofile_soft(soft);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("could not raise the open-file limit to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not read the open-file limit: {e}"),
+    }
 }
 
 /// Creates a root-owned directory if missing, then insists it is private to root.

@@ -10,15 +10,13 @@ use spawnd_protocol::{
     DaemonStatus, DecodeError, ErrorKind, ErrorReply, LogTail, MAX_LIST_PAGE, MAX_PACKET, Request,
     Response, ServerId, StartRequest, Started, decode_request, encode_response,
 };
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
-
-/// Requests one connection may have in flight at once; past that it gets `Busy`.
-pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
 
 /// The daemon's shared state.
 #[derive(Debug)]
@@ -26,6 +24,38 @@ pub struct Daemon {
     config: RwLock<Arc<Config>>,
     supervisor: Arc<Supervisor>,
     started: Instant,
+    connections: Mutex<Connections>,
+}
+
+/// Open connections, in all and per peer uid.
+#[derive(Debug, Default)]
+struct Connections {
+    total: u32,
+    per_uid: HashMap<u32, u32>,
+}
+
+/// One admitted connection; counted until dropped.
+#[derive(Debug)]
+struct Admitted {
+    daemon: Arc<Daemon>,
+    uid: u32,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut c = self
+            .daemon
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_uid.remove(&self.uid);
+            }
+        }
+    }
 }
 
 type Reply = Result<Response, ErrorReply>;
@@ -40,6 +70,7 @@ impl Daemon {
             config: RwLock::new(Arc::new(config)),
             supervisor,
             started: Instant::now(),
+            connections: Mutex::new(Connections::default()),
         })
     }
 
@@ -90,17 +121,87 @@ impl Daemon {
                 // Dropping closes it before a byte is read.
                 continue;
             };
-            tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, %role, "connection");
-            tokio::spawn(self.clone().connection(socket, peer, role));
+            match self.admit(&peer) {
+                Ok(admitted) => {
+                    tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, %role, "connection");
+                    tokio::spawn(self.clone().connection(socket, peer, role, admitted));
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        target: "audit",
+                        peer_uid = peer.uid,
+                        peer_pid = peer.pid,
+                        %role,
+                        "refused a connection: {why}"
+                    );
+                    tokio::spawn(refuse_busy(socket, why));
+                }
+            }
         }
     }
 
-    async fn connection(self: Arc<Self>, socket: UnixSeqpacket, peer: Peer, role: Role) {
+    /// Counts a new connection against the limits, or says which limit it hits.
+    fn admit(self: &Arc<Self>, peer: &Peer) -> Result<Admitted, String> {
+        let limits = self.config().limits;
+        let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if c.total >= limits.max_connections {
+            return Err(format!(
+                "spawnd has {} open connections, its max_connections; try again shortly",
+                c.total
+            ));
+        }
+        let mine = c.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if mine >= limits.max_connections_per_uid {
+            return Err(format!(
+                "uid {} has {mine} open connections, spawnd's max_connections_per_uid; close \
+                 some (one connection serves any number of concurrent requests)",
+                peer.uid
+            ));
+        }
+        c.total += 1;
+        *c.per_uid.entry(peer.uid).or_insert(0) += 1;
+        Ok(Admitted {
+            daemon: self.clone(),
+            uid: peer.uid,
+        })
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        socket: UnixSeqpacket,
+        peer: Peer,
+        role: Role,
+        _admitted: Admitted,
+    ) {
         let socket = Arc::new(socket);
-        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+        let limits = self.config().limits;
+        let max_in_flight = limits.max_requests_in_flight as usize;
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
         let mut buf = vec![0u8; MAX_PACKET];
+        let mut first = true;
         loop {
-            let info = match socket.recv(&mut buf).await {
+            let received = if first {
+                // A peer that connects and says nothing must not hold a connection for long.
+                match tokio::time::timeout(limits.first_request_timeout, socket.recv(&mut buf))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::info!(
+                            target: "audit",
+                            peer_uid = peer.uid,
+                            peer_pid = peer.pid,
+                            "closed a connection that sent nothing for {:?}",
+                            limits.first_request_timeout
+                        );
+                        break;
+                    }
+                }
+            } else {
+                socket.recv(&mut buf).await
+            };
+            first = false;
+            let info = match received {
                 Ok(info) => info,
                 Err(e) => {
                     tracing::debug!(peer_uid = peer.uid, "connection ended: {e}");
@@ -127,8 +228,8 @@ impl Daemon {
                 let reply = err(
                     ErrorKind::Busy,
                     format!(
-                        "this connection already has {MAX_IN_FLIGHT_PER_CONNECTION} requests in \
-                         flight; wait for answers before sending more"
+                        "this connection already has {max_in_flight} requests in flight \
+                         (max_requests_in_flight); wait for answers before sending more"
                     ),
                 );
                 send(&socket, envelope.id, &Response::Error(reply)).await;
@@ -470,6 +571,21 @@ fn prepare_and_launch(
         dropped_env: env.dropped,
         log_path: log_path.to_string_lossy().into_owned(),
     })
+}
+
+/// Answers the first request of a connection over a limit with `Busy` (its id when it comes
+/// within a second, else id 0), then closes it.
+async fn refuse_busy(socket: UnixSeqpacket, why: String) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let id = match tokio::time::timeout(std::time::Duration::from_secs(1), socket.recv(&mut buf))
+        .await
+    {
+        Ok(Ok(info)) if !info.truncated() => {
+            spawnd_protocol::peek_header(&buf[..info.bytes_read()]).map_or(0, |h| h.id)
+        }
+        _ => 0,
+    };
+    send(&socket, id, &Response::Error(err(ErrorKind::Busy, why))).await;
 }
 
 /// Reads the peer's credentials as the kernel recorded them at connect time.

@@ -153,6 +153,10 @@ pub struct DaemonOptions {
     /// Use a per-daemon cgroup v2 base when the host has one (else `cgroup = "off"`).
     /// `SPAWND_TEST_CGROUP=off` in the environment turns it off for every test daemon.
     pub cgroup: bool,
+    /// More top-level `key = value` lines for the config (limits, on_shutdown, ...).
+    pub extra_config: String,
+    /// Extra environment for the daemon process (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for DaemonOptions {
@@ -164,6 +168,8 @@ impl Default for DaemonOptions {
             profiles: standard_profiles(),
             default_profile: "default".into(),
             cgroup: std::env::var("SPAWND_TEST_CGROUP").as_deref() != Ok("off"),
+            extra_config: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -262,6 +268,7 @@ impl TestDir {
         kv("log_dir", toml_str(&self.log_dir().display().to_string()));
         kv("cgroup", toml_str(&cgroup));
         kv("default_profile", toml_str(&opts.default_profile));
+        t.push_str(&opts.extra_config);
         for p in &opts.profiles {
             t.push_str(&format!("\n[profiles.{}]\n", p.name));
             t.push_str(&format!("command = {}\n", toml_list(&p.command)));
@@ -328,6 +335,7 @@ pub struct TestDaemon {
     pub socket: PathBuf,
     pub stderr_path: PathBuf,
     pub cgroup_base: Option<PathBuf>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     // Declared last: dropped after the daemon is stopped.
     pub dir: TestDir,
@@ -346,6 +354,7 @@ impl TestDaemon {
             socket: dir.socket(),
             stderr_path,
             cgroup_base,
+            env: opts.env.clone(),
             child: None,
             dir,
         };
@@ -392,6 +401,7 @@ impl TestDaemon {
             socket,
             stderr_path,
             cgroup_base,
+            env: opts.env.clone(),
             child: None,
             dir,
         };
@@ -428,6 +438,7 @@ impl TestDaemon {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);

@@ -437,3 +437,110 @@ async fn log_stays_attached_and_signals_work_after_restart() {
     hub.stop(&a, None, true).await.expect("stop");
     assert!(gone(s.pid));
 }
+
+/// A capability mask line (`CapEff:` etc.) of /proc/PID/status or /proc/PID/task/TID/status.
+fn cap_mask(status_path: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(status_path).expect("read status");
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("{field} in {status_path}"));
+    u64::from_str_radix(hex.trim(), 16).expect("hex mask")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_keeps_only_needed_capabilities_and_servers_have_none() {
+    require_root!();
+    let u = users();
+    let d = TestDaemon::start(options());
+    // CAP_CHOWN 0, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, as far as this process holds them.
+    let needed: u64 = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7);
+    let expected = needed & cap_mask("/proc/self/status", "CapPrm:");
+    assert_eq!(
+        expected & ((1 << 6) | (1 << 7)),
+        (1 << 6) | (1 << 7),
+        "tests need setuid/setgid"
+    );
+    // Every thread of the daemon (capability sets are per thread).
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .expect("daemon tasks")
+        .flatten()
+        .map(|e| e.path().join("status").display().to_string())
+        .collect();
+    assert!(tasks.len() > 1, "the daemon runs threads");
+    for t in &tasks {
+        assert_eq!(cap_mask(t, "CapEff:"), expected, "{t} effective");
+        assert_eq!(cap_mask(t, "CapPrm:"), expected, "{t} permitted");
+        assert_eq!(cap_mask(t, "CapInh:"), 0, "{t} inheritable");
+        assert_eq!(cap_mask(t, "CapAmb:"), 0, "{t} ambient");
+        assert_eq!(cap_mask(t, "CapBnd:"), expected, "{t} bounding");
+    }
+    let hub = d.hub_client().await;
+    let status = hub.status().await.expect("status");
+    assert_eq!(status.capabilities, ["chown", "kill", "setgid", "setuid"]);
+
+    let s = start(&hub, req(&u.a.name, "", "sleeper")).await;
+    let server = format!("/proc/{}/status", s.pid);
+    for field in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+        assert_eq!(cap_mask(&server, field), 0, "server {field}");
+    }
+    assert_eq!(
+        cap_mask(&server, "CapBnd:"),
+        expected,
+        "server bounding set"
+    );
+    hub.stop(&sid(&u.a.name, ""), None, true)
+        .await
+        .expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_is_told_ready_status_and_watchdog() {
+    require_root!();
+    // A stand-in for systemd's notification socket: the real sd_notify datagrams arrive here.
+    let dir = std::env::temp_dir().join(format!("spawnd-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut opts = options();
+    opts.env = vec![
+        ("NOTIFY_SOCKET".into(), path.display().to_string()),
+        ("WATCHDOG_USEC".into(), "200000".into()),
+    ];
+    let d = TestDaemon::start(opts);
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline
+        && !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 2)
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(seen.contains("READY=1"), "{seen:?}");
+    assert!(
+        seen.contains("STATUS=0 servers running, 0 exited"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.matches("WATCHDOG=1").count() >= 2,
+        "watchdog petted repeatedly: {seen:?}"
+    );
+    // The daemon still serves, and its servers do not inherit NOTIFY_SOCKET.
+    let u = users();
+    let hub = d.hub_client().await;
+    let s = start(&hub, req(&u.a.name, "", "sleeper")).await;
+    let env = procfs::environ(s.pid).expect("environ");
+    assert!(
+        !env.iter().any(|v| v.starts_with("NOTIFY_SOCKET")),
+        "{env:?}"
+    );
+    hub.stop(&sid(&u.a.name, ""), None, true)
+        .await
+        .expect("stop");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
