@@ -155,3 +155,31 @@ def pytest_report_header(config):
             f"as uid {os.getuid()}; python profile = {os.environ.get('SPAWND_JH_PYTHON')}"
         ]
     return [f"spawnd-jh: stock spawners (baseline) as uid {os.getuid()}"]
+
+
+def _expected_failures(scope):
+    """{test name: reason} listed as expected failures for this scope in expected.txt."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "expected.txt")
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("fail["):
+                continue
+            head, _, rest = line.partition(" ")
+            scopes = head[len("fail[") : -1].split(",")
+            if scope in scopes:
+                test, _, reason = rest.strip().partition(" ")
+                out[test] = reason.strip()
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the documented expected failures (expected.txt) as strict xfail, so pytest's own
+    summary reads "N passed, M xfailed" and a test that starts passing shows as XPASS(strict)."""
+    scope = "stock" if MODE == "stock" else SCOPE
+    expected = _expected_failures(scope)
+    for item in items:
+        reason = expected.get(item.name)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
