@@ -37,7 +37,6 @@ pub struct StopTimeouts {
 /// What a server record says about its process.
 #[derive(Debug, Clone)]
 struct Process {
-    pid: i32,
     pidfd: Arc<OwnedFd>,
     /// Becomes true once the main process has exited and the rest of its tree is gone.
     gone: watch::Receiver<bool>,
@@ -206,13 +205,14 @@ impl Supervisor {
     }
 
     /// [`Self::persist`] on a blocking thread, logging failures.
-    fn persist_later(self: &Arc<Self>, id: ServerId) {
+    async fn persist_blocking(self: &Arc<Self>, id: ServerId) {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = me.persist(&id) {
                 tracing::error!(server = %id, "could not update the state directory: {e}");
             }
-        });
+        })
+        .await;
     }
 
     pub fn tree(&self) -> &TreeMode {
@@ -287,7 +287,6 @@ impl Supervisor {
         let (tx, rx) = watch::channel(false);
         let pidfd = Arc::new(launched.pidfd);
         let process = Process {
-            pid: launched.pid,
             pidfd: pidfd.clone(),
             gone: rx,
         };
@@ -322,14 +321,7 @@ impl Supervisor {
             if let Err(e) = tree::reap_tree(cgroup, pid, Duration::from_secs(10)).await {
                 tracing::warn!(server = %id, instance, "could not clean up the process tree: {e}");
             }
-            let me2 = me.clone();
-            let id2 = id.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = me2.persist(&id2) {
-                    tracing::error!(server = %id2, "could not update the state directory: {e}");
-                }
-            })
-            .await;
+            me.persist_blocking(id).await;
             let _ = gone.send(true);
         });
     }
@@ -415,12 +407,12 @@ impl Supervisor {
             };
             (
                 e.instance,
-                e.process.clone().map(|p| (p, e.cgroup.clone())),
+                e.process.clone().map(|p| (p, e.pid, e.cgroup.clone())),
                 e.timeouts,
                 exited,
             )
         };
-        if let Some((mut p, cgroup)) = process {
+        if let Some((mut p, pid, cgroup)) = process {
             if !exited {
                 let mut steps = Vec::with_capacity(3);
                 if !now {
@@ -433,7 +425,7 @@ impl Supervisor {
                         break;
                     }
                     if signal == libc::SIGKILL
-                        && let Err(e) = tree::kill_tree(cgroup.as_deref(), p.pid)
+                        && let Err(e) = tree::kill_tree(cgroup.as_deref(), pid)
                     {
                         tracing::warn!(server = %id, "could not kill the process tree: {e}");
                     }
@@ -454,7 +446,7 @@ impl Supervisor {
                     format!(
                         "server {id} (pid {}) did not exit after SIGKILL; it may be stuck in the \
                          kernel (state D): check `cat /proc/{}/stack`",
-                        p.pid, p.pid
+                        pid, pid
                     ),
                 ));
             }
@@ -474,7 +466,8 @@ impl Supervisor {
                 _ => return Ok((instance, ExitStatus::Unknown)),
             }
         };
-        self.persist_later(id.clone());
+        // Forget it on disk before answering: once Stop returns, no daemon will re-adopt it.
+        self.persist_blocking(id.clone()).await;
         Ok((instance, status))
     }
 
@@ -575,7 +568,6 @@ impl Supervisor {
         let pidfd = Arc::new(pidfd);
         let mut entry = Self::entry_from(rec, timeouts, ServerState::Running);
         entry.process = Some(Process {
-            pid: rec.pid,
             pidfd: pidfd.clone(),
             gone: rx,
         });
@@ -696,7 +688,7 @@ impl Supervisor {
         if let Some(e) = table.get(id).filter(|e| e.instance == instance)
             && let Some(p) = &e.process
         {
-            let _ = tree::kill_tree(e.cgroup.as_deref(), p.pid);
+            let _ = tree::kill_tree(e.cgroup.as_deref(), e.pid);
             let _ = sys::pidfd_send_signal(p.pidfd.as_fd(), libc::SIGKILL);
         }
     }
