@@ -3,8 +3,8 @@
 //! Everything that allocates (argument and environment arrays, the group list, paths) is
 //! computed in [`LaunchSpec::new`], before fork. Between fork and exec the child makes only
 //! async-signal-safe system calls, in this order: reset signals, enter the server's cgroup,
-//! `setsid`, `setgroups`, `setresgid`, `setresuid`, check that uid 0 cannot be regained,
-//! `chdir` to the home directory (as the user, so permissions are the user's), `umask`, stdin
+//! `setsid`, `setgroups`, `setresgid`, `setresuid`, check that uid 0 cannot be regained, a new
+//! session keyring of its own, `chdir` to the home directory (as the user, so permissions are the user's), `umask`, stdin
 //! from /dev/null, stdout and stderr to the log, every other descriptor close-on-exec, `execve`.
 //! A failing step writes `(step, errno)` to a close-on-exec pipe and exits; the parent reads
 //! the pipe, so it learns the exact step and error, or (end of file) that exec succeeded.
@@ -14,6 +14,9 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// keyctl(2) operation: join (here: create) an anonymous session keyring.
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
 /// The soft open-file limit servers get (the daemon's own, before it raised it for its
 /// pidfds); 0 = leave the inherited limit alone.
@@ -38,6 +41,7 @@ pub enum Step {
     Chdir = 8,
     Stdio = 9,
     Exec = 10,
+    Keyring = 11,
 }
 
 impl Step {
@@ -106,6 +110,10 @@ fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
             s.uid
         ),
         Step::Cgroup => format!("could not move the server of {user} into its cgroup: {err}"),
+        Step::Keyring => format!(
+            "refusing to run the server of {user}: it could not get a session keyring of its \
+             own ({err}), and it must not share the daemon's with other users' servers"
+        ),
         Step::Signals | Step::Setsid | Step::Stdio => {
             format!("could not set up the server process of {user} at {step}: {err}")
         }
@@ -125,6 +133,7 @@ impl fmt::Display for Step {
             Step::Chdir => "chdir to home",
             Step::Stdio => "standard streams",
             Step::Exec => "exec",
+            Step::Keyring => "session keyring",
         };
         f.write_str(s)
     }
@@ -404,6 +413,21 @@ unsafe fn child_setup(spec: &LaunchSpec, empty_set: &libc::sigset_t, report: Raw
         check!(Step::Setuid, libc::setresuid(spec.uid, spec.uid, spec.uid));
         if libc::setresuid(0, 0, 0) == 0 || libc::setuid(0) == 0 {
             fail(report, Step::RegainRoot, libc::EPERM);
+        }
+        // Every process inherits its parent's session keyring: without a new one, all
+        // servers would share the daemon's, and one user could read keys another stored.
+        // Joined after setresuid, the new anonymous keyring belongs to the user.
+        if libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<c_char>(),
+        ) < 0
+        {
+            let errno = *libc::__errno_location();
+            // A kernel without keyrings has nothing to share.
+            if errno != libc::ENOSYS {
+                fail(report, Step::Keyring, errno);
+            }
         }
         check!(Step::Chdir, libc::chdir(spec.home.as_ptr()));
         libc::umask(spec.umask);

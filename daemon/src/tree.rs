@@ -88,25 +88,51 @@ pub fn cgroup_dir(base: &Path, user: &str, server: &str, instance: u64) -> PathB
     ))
 }
 
+/// The daemon's own cgroup v2 directory + `/spawnd`. Among the cgroup2 mounts (there may be
+/// several, some showing only a subtree), the one whose root is the hierarchy's root and where
+/// the daemon's own cgroup really lists the daemon is the right one.
 fn auto_base() -> Result<PathBuf, String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    let mount = mountinfo
-        .lines()
-        .find_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
-                .flatten()
-        })
-        .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
     let own = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
     let own = own
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .ok_or_else(|| "the daemon is in no cgroup v2 cgroup".to_string())?;
-    Ok(mount.join(own.trim_start_matches('/')).join("spawnd"))
+        .ok_or_else(|| "the daemon is in no cgroup v2 cgroup".to_string())?
+        .trim_start_matches('/')
+        .to_string();
+    let me = std::process::id().to_string();
+    let mounts: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fields: Vec<&str> = pre.split_whitespace().collect();
+            // fields[3] is the mount's root within the hierarchy, fields[4] its mount point.
+            (post.split_whitespace().next()? == "cgroup2" && fields.get(3) == Some(&"/"))
+                .then(|| fields.get(4).map(PathBuf::from))
+                .flatten()
+        })
+        .collect();
+    if mounts.is_empty() {
+        return Err("no cgroup v2 hierarchy is mounted".into());
+    }
+    let dir = mounts
+        .iter()
+        .rev()
+        .map(|m| m.join(&own))
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .is_ok_and(|procs| procs.lines().any(|p| p.trim() == me))
+        })
+        .ok_or_else(|| format!("the daemon's own cgroup /{own} is not visible in any cgroup2 mount"))?;
+    let base = dir.join("spawnd");
+    // Only the last component is created: the daemon's own cgroup must already exist.
+    match std::fs::create_dir(&base) {
+        Ok(()) => Ok(base),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(base),
+        Err(e) => Err(format!("cannot create cgroup {}: {e}", base.display())),
+    }
 }
 
 /// Kills every process in the cgroup (`cgroup.kill`), or SIGKILLs the process group `pgid`.

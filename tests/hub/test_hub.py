@@ -277,3 +277,24 @@ def test_poll_with_the_daemon_unreachable_is_not_death(env, tmp_path, caplog):
     assert asyncio.run(sp.poll()) == 0
     # And a spawner that never started reports 0 even when the daemon is unreachable.
     assert asyncio.run(_spawner(missing).poll()) == 0
+
+
+def test_interpreter_exits_cleanly_after_concurrent_calls(env):
+    """tokio's worker threads hand results to asyncio holding the GIL; an interpreter that
+    finalizes while one of them releases it used to abort (PyGILState_Release). The hub would
+    crash like that at every shutdown."""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, spawnd\n"
+        f"c = spawnd.Client({str(env.daemon.socket)!r})\n"
+        "async def main():\n"
+        "    r = await asyncio.gather(*[c.status() for _ in range(50)])\n"
+        "    assert len(r) == 50\n"
+        "    await c.list()\n"
+        "asyncio.run(main())\n"
+    )
+    for attempt in range(15):
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"attempt {attempt}: exit {r.returncode}\n{r.stderr[-2000:]}"

@@ -157,6 +157,9 @@ pub struct DaemonOptions {
     pub extra_config: String,
     /// Extra environment for the daemon process (e.g. NOTIFY_SOCKET).
     pub env: Vec<(String, String)>,
+    /// A command the daemon runs under (e.g. `keyctl session -`, as PAM gives a service a
+    /// session keyring); empty: run it directly.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for DaemonOptions {
@@ -170,6 +173,7 @@ impl Default for DaemonOptions {
             cgroup: std::env::var("SPAWND_TEST_CGROUP").as_deref() != Ok("off"),
             extra_config: String::new(),
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -336,6 +340,7 @@ pub struct TestDaemon {
     pub stderr_path: PathBuf,
     pub cgroup_base: Option<PathBuf>,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
     child: Option<Child>,
     // Declared last: dropped after the daemon is stopped.
     pub dir: TestDir,
@@ -345,7 +350,12 @@ impl TestDaemon {
     /// Starts a daemon in a fresh [`TestDir`] and waits (up to 10 s) until its socket accepts a
     /// connection. Panics (with the daemon's stderr) if it exits or never listens.
     pub fn start(opts: DaemonOptions) -> TestDaemon {
-        let dir = TestDir::new();
+        TestDaemon::start_in(TestDir::new(), opts)
+    }
+
+    /// [`TestDaemon::start`] in a directory the test prepared first (for example with a small
+    /// tmpfs mounted on its `state/` or `log/`).
+    pub fn start_in(dir: TestDir, opts: DaemonOptions) -> TestDaemon {
         let config = dir.write_config("spawnd.toml", &opts);
         let cgroup_base = dir.cgroup_base(&opts);
         let stderr_path = dir.path.join("spawnd.stderr");
@@ -355,6 +365,7 @@ impl TestDaemon {
             stderr_path,
             cgroup_base,
             env: opts.env.clone(),
+            wrapper: opts.wrapper.clone(),
             child: None,
             dir,
         };
@@ -402,6 +413,7 @@ impl TestDaemon {
             stderr_path,
             cgroup_base,
             env: opts.env.clone(),
+            wrapper: opts.wrapper.clone(),
             child: None,
             dir,
         };
@@ -422,6 +434,11 @@ impl TestDaemon {
         let stdout = stderr.try_clone().expect("dup stderr file");
         let bin = bin_path("spawnd", "SPAWND_BIN");
         let mut cmd = match &listen_fd {
+            None if !self.wrapper.is_empty() => {
+                let mut c = Command::new(&self.wrapper[0]);
+                c.args(&self.wrapper[1..]).arg(&bin);
+                c
+            }
             None => Command::new(&bin),
             Some(_) => {
                 let mut c = Command::new("/bin/sh");

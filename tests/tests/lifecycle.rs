@@ -544,3 +544,41 @@ async fn systemd_is_told_ready_status_and_watchdog() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_do_not_share_a_session_keyring() {
+    require_root!();
+    if std::process::Command::new("keyctl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("keyctl (Debian package keyutils) is needed; scripts/test installs it");
+    }
+    let u = users();
+    let mut opts = options();
+    opts.profiles.push(Profile::shell(
+        "keystore",
+        "keyctl add user spawnd-test-secret TOPSECRET @s >/dev/null && echo stored; exec sleep 1000",
+    ));
+    opts.profiles.push(Profile::shell(
+        "keyread",
+        "if keyctl request user spawnd-test-secret >/dev/null 2>&1; then echo key: found; \
+         else echo key: not-found; fi; exec sleep 1000",
+    ));
+    // Under systemd, PAM gives the daemon a session keyring, which every child inherits.
+    opts.wrapper = vec!["keyctl".into(), "session".into(), "-".into()];
+    let d = TestDaemon::start(opts);
+    let hub = d.hub_client().await;
+    start(&hub, req(&u.a.name, "", "keystore")).await;
+    wait_log_line(&hub, &sid(&u.a.name, ""), "stored").await;
+    start(&hub, req(&u.b.name, "", "keyread")).await;
+    let lines = wait_log_line(&hub, &sid(&u.b.name, ""), "key:").await;
+    assert!(
+        lines.iter().any(|l| l == "key: not-found"),
+        "B's server could read a key A's server stored: {lines:?}"
+    );
+    for user in [&u.a.name, &u.b.name] {
+        hub.stop(&sid(user, ""), None, true).await.expect("stop");
+    }
+}

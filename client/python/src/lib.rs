@@ -16,7 +16,17 @@ use spawnd_protocol::{
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Calls made through this module (the package's exit hook only waits when there were some).
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many client calls this process made.
+#[pyfunction]
+fn _calls_made() -> u64 {
+    CALLS.load(Ordering::Relaxed)
+}
 use tokio::sync::Mutex;
 
 create_exception!(
@@ -179,6 +189,7 @@ struct Shared {
 impl Shared {
     /// The open connection, or a new one.
     async fn client(&self) -> PyResult<spawnd_client::Client> {
+        CALLS.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.lock().await;
         if let Some(c) = conn.as_ref().filter(|c| c.is_open()) {
             return Ok(c.clone());
@@ -389,6 +400,7 @@ impl Client {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
+    m.add_function(wrap_pyfunction!(_calls_made, m)?)?;
     m.add_class::<Started>()?;
     m.add_class::<Polled>()?;
     m.add_class::<Stopped>()?;

@@ -8,6 +8,9 @@
     status = await client.status()
 """
 
+import atexit as _atexit
+import time as _time
+
 from ._native import (
     Client,
     DaemonUnreachable,
@@ -34,6 +37,22 @@ __all__ = [
     "SpawndSpawner",
     "__version__",
 ]
+
+
+@_atexit.register
+def _let_runtime_threads_leave_python():
+    """The client's results are handed to asyncio from tokio's worker threads, which briefly
+    hold the GIL to do so. If the interpreter finalizes while one of them is still releasing
+    it, CPython aborts ("PyGILState_Release: thread state must be current"). Giving up the GIL
+    for a moment at exit lets them finish first."""
+    if _native_used():
+        _time.sleep(0.05)
+
+
+def _native_used():
+    from . import _native
+
+    return _native._calls_made() > 0
 
 
 def __getattr__(name):
