@@ -140,7 +140,14 @@ struct Inner {
     socket: Arc<UnixSeqpacket>,
     shared: Arc<Shared>,
     reader: AbortHandle,
+    /// Keeps at most [`MAX_IN_FLIGHT`] requests outstanding: further calls wait their turn
+    /// instead of being answered `Busy` by the daemon.
+    window: tokio::sync::Semaphore,
 }
+
+/// Requests one connection keeps in flight at most (the daemon's default
+/// `max_requests_in_flight`); calls beyond it wait for an answer to come back first.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -220,6 +227,7 @@ impl Client {
                 socket,
                 shared,
                 reader,
+                window: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             }),
         })
     }
@@ -240,6 +248,13 @@ impl Client {
     }
 
     async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        // Never closed, so acquiring cannot fail; a closed window would mean no connection.
+        let _slot = self
+            .inner
+            .window
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Disconnected)?;
         let shared = &*self.inner.shared;
         let (tx, rx) = oneshot::channel();
         let id = shared.register(tx)?;

@@ -26,7 +26,7 @@ mod connect;
 mod error;
 
 pub use blocking::BlockingClient;
-pub use client::{Client, DEFAULT_CONNECT_TIMEOUT};
+pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, MAX_IN_FLIGHT};
 pub use error::ClientError;
 pub use spawnd_protocol as protocol;
 

@@ -400,10 +400,6 @@ unsafe fn child_setup(spec: &LaunchSpec, empty_set: &libc::sigset_t, report: Raw
                 libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1)
             );
         }
-        if let Some(limit) = &spec.nofile {
-            // Lowering a soft limit cannot fail for want of privilege; ignore errors anyway.
-            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
-        }
         check!(Step::Setsid, libc::setsid());
         check!(
             Step::Setgroups,
@@ -448,6 +444,12 @@ unsafe fn child_setup(spec: &LaunchSpec, empty_set: &libc::sigset_t, report: Raw
                 libc::CLOSE_RANGE_CLOEXEC
             )
         );
+        // Last, since the child still holds every descriptor the daemon had (they close at
+        // exec): lowering the limit earlier would make the opens above fail with EMFILE.
+        if let Some(limit) = &spec.nofile {
+            // Lowering a soft limit needs no privilege; a failure leaves the higher limit.
+            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
         libc::execve(
             spec.program.as_ptr(),
             spec.argv_ptrs.as_ptr(),

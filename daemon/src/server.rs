@@ -25,6 +25,8 @@ pub struct Daemon {
     supervisor: Arc<Supervisor>,
     started: Instant,
     connections: Mutex<Connections>,
+    /// The daemon's effective capabilities, read once (they do not change after start-up).
+    capabilities: Vec<String>,
 }
 
 /// Open connections, in all and per peer uid.
@@ -71,6 +73,7 @@ impl Daemon {
             supervisor,
             started: Instant::now(),
             connections: Mutex::new(Connections::default()),
+            capabilities: crate::sys::effective_capabilities(),
         })
     }
 
@@ -235,16 +238,29 @@ impl Daemon {
                 send(&socket, envelope.id, &Response::Error(reply)).await;
                 continue;
             };
+            let request = envelope.body;
+            if matches!(
+                request,
+                Request::Poll { .. } | Request::List { .. } | Request::Status
+            ) {
+                // Answered from the table in microseconds: inline, without a task or a hop to
+                // another worker thread (the hub polls every server every 30 s).
+                let reply = self.handle(&peer, role, &request).await;
+                drop(permit);
+                audit(&peer, role, &request, &reply);
+                send(&socket, envelope.id, &reply.unwrap_or_else(Response::Error)).await;
+                continue;
+            }
             let me = self.clone();
             let socket = socket.clone();
             let peer = peer.clone();
             tokio::spawn(async move {
-                let request = envelope.body;
                 let reply = me.handle(&peer, role, &request).await;
-                audit(&peer, role, &request, &reply);
-                let response = reply.unwrap_or_else(Response::Error);
-                send(&socket, envelope.id, &response).await;
+                // The slot is free once the answer exists: a client that waits for answers
+                // before sending more never sees Busy.
                 drop(permit);
+                audit(&peer, role, &request, &reply);
+                send(&socket, envelope.id, &reply.unwrap_or_else(Response::Error)).await;
             });
         }
     }
@@ -455,7 +471,7 @@ impl Daemon {
             running,
             exited,
             tree_kill: self.supervisor.tree().describe(),
-            capabilities: crate::sys::effective_capabilities(),
+            capabilities: self.capabilities.clone(),
             your_role: role.to_string(),
         })
     }

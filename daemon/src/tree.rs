@@ -125,7 +125,9 @@ fn auto_base() -> Result<PathBuf, String> {
             std::fs::read_to_string(dir.join("cgroup.procs"))
                 .is_ok_and(|procs| procs.lines().any(|p| p.trim() == me))
         })
-        .ok_or_else(|| format!("the daemon's own cgroup /{own} is not visible in any cgroup2 mount"))?;
+        .ok_or_else(|| {
+            format!("the daemon's own cgroup /{own} is not visible in any cgroup2 mount")
+        })?;
     let base = dir.join("spawnd");
     // Only the last component is created: the daemon's own cgroup must already exist.
     match std::fs::create_dir(&base) {

@@ -582,3 +582,33 @@ async fn servers_do_not_share_a_session_keyring() {
         hub.stop(&sid(user, ""), None, true).await.expect("stop");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_start_past_the_inherited_fd_limit_and_get_it_back() {
+    require_root!();
+    let u = users();
+    let mut opts = options();
+    // systemd gives services a soft limit of 1024; a small one shows the same at 40 servers:
+    // the daemon holds a pidfd per server, so it raises its own soft limit, and each server
+    // gets the original one back.
+    opts.wrapper = vec!["prlimit".into(), "--nofile=32:4096".into()];
+    let d = TestDaemon::start(opts);
+    let hub = d.hub_client().await;
+    let mut pids = Vec::new();
+    for i in 0..40 {
+        let s = start(&hub, req(&u.a.name, &format!("n{i}"), "sleeper")).await;
+        pids.push(s.pid);
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pids[39])).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["32", "4096"], "{line}");
+    for i in 0..40 {
+        hub.stop(&sid(&u.a.name, &format!("n{i}")), None, true)
+            .await
+            .expect("stop");
+    }
+}
