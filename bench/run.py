@@ -1,0 +1,1064 @@
+#!/usr/bin/python3
+"""The engine of scripts/bench: sets up users, sudo, spawnd and hubs, runs every measurement
+with its peers and floors in one run, and writes the tables (BENCHMARKS.md).
+
+Needs root, /opt/spawnd-dev (scripts/hub-env), /opt/spawnd-dev/bench (the spawnd-bench
+binaries) and /opt/spawnd-dev/bench-venv (JupyterHub 6.1.1 + sudospawner 1.0.0); scripts/bench
+installs them. Standard library only: it runs with Debian's /usr/bin/python3.
+
+Everything it creates is named so that it can be found again and removed, also after a crashed
+run: users and groups `spwb<digits><letter>[<digits>]` with GECOS "spawnd bench user", the
+directory /tmp/spawnd-bench-<pid>, the cgroup /sys/fs/cgroup/unified/spawnd-bench-<pid> and
+/etc/sudoers.d/spawnd-bench. Only processes it started (and those of its own users) are ended.
+"""
+
+import argparse
+import datetime
+import fcntl
+import grp
+import json
+import os
+import platform
+import pwd
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PREFIX = Path("/opt/spawnd-dev")
+SPAWND = PREFIX / "bin" / "spawnd"
+SPAWNCTL = PREFIX / "bin" / "spawnctl"
+BENCH_BIN = PREFIX / "bench" / "bin"
+BENCH = BENCH_BIN / "spawnd-bench"
+SERVER = BENCH_BIN / "spawnd-bench-server"
+VENV = PREFIX / "bench-venv"
+PY = VENV / "bin" / "python"
+JUPYTERHUB = VENV / "bin" / "jupyterhub"
+SINGLEUSER = VENV / "bin" / "jupyterhub-singleuser"
+SUDOSPAWNER_REAL = VENV / "bin" / "sudospawner"  # runs jupyterhub-singleuser beside it
+SUDOSPAWNER_TINY = VENV / "tiny" / "sudospawner"  # runs the tiny server (sudospawner-singleuser)
+CHP = PREFIX / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
+HERE = Path(__file__).resolve().parent
+SPAWNERS_PY = HERE / "spawners.py"
+
+NAME_BASE = "spwb"
+GECOS = "spawnd bench user"
+NAME_RE = re.compile(r"^spwb[0-9]+[a-z][0-9]*$")
+DIR_BASE = "spawnd-bench-"
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+SUDOERS = Path("/etc/sudoers.d/spawnd-bench")
+LOCK_PATH = "/run/spawnd-bench.lock"
+# Pause between isolated starts (a hub's starts are seconds apart). Matters for cgroup mode: a
+# migration into a cgroup waits for an RCU grace period unless another happened just before.
+GAP_MS = 30
+# Requests in flight per connection in the scale runs. The daemon allows 64 but releases a
+# request's slot only after sending its answer, so a client that keeps exactly 64 in flight
+# races it and gets Busy answers (measured below as "window 64").
+WINDOW = 32
+MARK_BEGIN = "<!-- scripts/bench: generated from here -->"
+MARK_END = "<!-- scripts/bench: generated up to here -->"
+
+# (full, quick) sizes of every measurement.
+SIZES = {
+    "echo_iters": (20000, 2000),
+    "rtt_iters": (20000, 1000),
+    "spawn_iters": (200, 10),
+    "bare_iters": (200, 10),
+    "spawn_nocg_iters": (150, 5),
+    "reps_nocg": (50, 2),
+    "setpriv_iters": (100, 5),
+    "reps_spawnd": (100, 3),
+    "reps_local": (60, 3),
+    "reps_sudo": (12, 1),
+    "polls": (20, 5),
+    "hub_reps": (4, 1),
+    "scale_users": (20, 2),
+    "scale_per_user": (500, 25),
+    "list_iters": (5, 2),
+    "tp_seconds": (4.0, 0.5),
+    "nofile_probe": (1100, 0),
+}
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --- processes, users ---------------------------------------------------------------------------
+
+
+def run(cmd, timeout=120, check=False, **kw):
+    r = subprocess.run(
+        [str(c) for c in cmd],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r
+
+
+def proc_status(pid):
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def kib(pid, field):
+    st = proc_status(pid)
+    try:
+        return int(st[field].split()[0]) if st else None
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+def pids_of_uid(uid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = proc_status(entry)
+        if not st or st.get("State", "").startswith("Z"):
+            continue
+        if uid in [int(x) for x in st.get("Uid", "").split()]:
+            found.append(int(entry))
+    return found
+
+
+def kill_uid(uid):
+    for _ in range(200):
+        pids = pids_of_uid(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
+def account_tool(*args):
+    for _ in range(40):
+        r = run(args, timeout=60)
+        if r.returncode == 0 or ("lock" not in r.stderr and r.returncode != 10):
+            return r
+        time.sleep(0.25)
+    return r
+
+
+def remove_user(name):
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    kill_uid(uid)
+    r = account_tool("userdel", "-r", "-f", name)
+    if r.returncode not in (0, 6, 12):
+        log(f"userdel -r -f {name} failed ({r.returncode}): {r.stderr.strip()}")
+
+
+def remove_group(name):
+    r = account_tool("groupdel", name)
+    if r.returncode not in (0, 6):
+        log(f"groupdel {name} failed ({r.returncode}): {r.stderr.strip()}")
+
+
+def wait_for(check, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def remove_cgroup_tree(base):
+    base = Path(base)
+    if not base.exists():
+        return
+    dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    dirs.append(base)
+    for d in dirs:
+        try:
+            (d / "cgroup.kill").write_text("1")
+        except OSError:
+            pass
+    for d in dirs:
+        def empty(d=d):
+            try:
+                return "populated 0" in (d / "cgroup.events").read_text()
+            except OSError:
+                return True
+
+        wait_for(empty, 10, 0.02)
+        try:
+            d.rmdir()
+        except OSError as e:
+            log(f"rmdir {d}: {e}")
+
+
+def remove_leftovers():
+    """What crashed runs left: processes started from /tmp/spawnd-bench-* (daemons, hubs), our
+    users (pattern + GECOS) with their processes, our groups, cgroups, directories, sudoers."""
+    own = f"{DIR_BASE}{os.getpid()}"
+    dirs = [d for d in Path("/tmp").glob(f"{DIR_BASE}*") if d.name != own]
+    if dirs:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.decode(errors="replace").startswith(str(d)) for d in dirs for a in args):
+                log(f"killing leftover process {entry}")
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    for line in Path("/etc/passwd").read_text().splitlines():
+        f = line.split(":")
+        if len(f) >= 5 and NAME_RE.match(f[0]) and f[4] == GECOS:
+            log(f"removing leftover bench user {f[0]}")
+            remove_user(f[0])
+    for line in Path("/etc/group").read_text().splitlines():
+        name = line.split(":")[0]
+        if NAME_RE.match(name):
+            log(f"removing leftover bench group {name}")
+            remove_group(name)
+    if CGROUP_ROOT.joinpath("cgroup.procs").exists():
+        for cg in CGROUP_ROOT.glob(f"{DIR_BASE}*"):
+            if cg.name != own:
+                log(f"removing leftover cgroup {cg}")
+                remove_cgroup_tree(cg)
+    for d in dirs:
+        log(f"removing leftover {d}")
+        shutil.rmtree(d, ignore_errors=True)
+    if SUDOERS.exists():
+        SUDOERS.unlink()
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def fmt_us(v):
+    if v is None:
+        return "–"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} s"
+    if v >= 1e3:
+        return f"{v / 1e3:.2f} ms"
+    return f"{v:.1f} µs"
+
+
+def fmt_ratio(a, b):
+    if not a or not b:
+        return "–"
+    r = a / b
+    if r >= 100:
+        return f"{r:.0f}×"
+    if r >= 10:
+        return f"{r:.1f}×"
+    return f"{r:.2f}×"
+
+
+class Run:
+    def __init__(self, quick):
+        self.quick = quick
+        self.pid = os.getpid()
+        self.prefix = f"{NAME_BASE}{self.pid % 100000}"
+        self.root = Path("/tmp") / f"{DIR_BASE}{self.pid}"
+        self.cgroup = CGROUP_ROOT / f"{DIR_BASE}{self.pid}" if CGROUP_ROOT.joinpath("cgroup.procs").exists() else None
+        self.users = []
+        self.groups = []
+        self.procs = []
+        self.daemon = None
+        self.results = {"errors": {}}
+        self.socket = self.root / "run" / "spawnd.sock"
+        self.ncpu = os.cpu_count() or 1
+
+    def size(self, key):
+        full, quick = SIZES[key]
+        return quick if self.quick else full
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def setup(self):
+        self.root.mkdir(mode=0o755)
+        self.root.chmod(0o755)
+        for d, mode in (("run", 0o755), ("state", 0o700), ("serverlogs", 0o755), ("logs", 0o755)):
+            (self.root / d).mkdir(mode=mode)
+            (self.root / d).chmod(mode)
+        if self.cgroup:
+            (self.cgroup / "daemon").mkdir(parents=True)
+            (self.cgroup / "floor").mkdir()
+        self.group = self._group(f"{self.prefix}g")
+        self.hub = self._user(f"{self.prefix}h", "-M", "-U")
+        n = self.size("scale_users")
+        self.nb = [self._user(f"{self.prefix}u{i:02}", "-m", "-G", self.group) for i in range(n)]
+        self.hub_pw = pwd.getpwnam(self.hub)
+        self.hub_group = grp.getgrgid(self.hub_pw.pw_gid).gr_name
+        self.write_sudoers()
+
+    def _group(self, name):
+        r = account_tool("groupadd", name)
+        if r.returncode != 0:
+            raise RuntimeError(f"groupadd {name}: {r.stderr}")
+        self.groups.append(name)
+        return name
+
+    def _user(self, name, *extra):
+        r = account_tool("useradd", "-c", GECOS, "-s", "/bin/sh", *extra, name)
+        if r.returncode != 0:
+            raise RuntimeError(f"useradd {name}: {r.stderr}")
+        self.users.append(name)
+        return name
+
+    def write_sudoers(self):
+        # SudoSpawner's documented rule (JupyterHub's "Using sudo to run JupyterHub without
+        # root privileges"): the hub user may run the mediator as the members of a group,
+        # without a password, and nothing else.
+        text = (
+            "# spawnd benchmarks (scripts/bench): SudoSpawner's rule for the bench hub user.\n"
+            "# Removed when the run ends.\n"
+            f"Runas_Alias SPAWND_BENCH_USERS = %{self.group}\n"
+            f"Cmnd_Alias SPAWND_BENCH_CMD = {SUDOSPAWNER_REAL}, {SUDOSPAWNER_TINY}\n"
+            f"{self.hub} ALL=(SPAWND_BENCH_USERS) NOPASSWD:SPAWND_BENCH_CMD\n"
+        )
+        tmp = SUDOERS.with_name(".spawnd-bench.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o440)
+        run(["visudo", "-cf", tmp], check=True)
+        tmp.rename(SUDOERS)
+
+    def as_hub(self, cmd):
+        pw = self.hub_pw
+        return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", *cmd]
+
+    def hub_env(self, home):
+        return {
+            "PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "USER": self.hub,
+            "LOGNAME": self.hub,
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    # --- the daemon -------------------------------------------------------------------------
+
+    def daemon_config(self, cgroups=True):
+        q = json.dumps
+        path = f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"
+        cg = str(self.cgroup / "servers") if self.cgroup and cgroups else "off"
+        return f"""\
+# scripts/bench: spawnd for the benchmarks
+socket = {q(str(self.socket))}
+socket_group = {q(self.hub_group)}
+hub_user = {q(self.hub)}
+group = {q(self.group)}
+state_dir = {q(str(self.root / "state"))}
+log_dir = {q(str(self.root / "serverlogs"))}
+cgroup = {q(cg)}
+default_profile = "tiny"
+
+[profiles.tiny]
+command = [{q(str(SERVER))}]
+path = {q(path)}
+interrupt_timeout = 5
+term_timeout = 5
+kill_timeout = 5
+
+[profiles.sleep]
+command = ["/usr/bin/sleep", "100000"]
+path = "/usr/bin:/bin"
+allow_args = false
+interrupt_timeout = 5
+term_timeout = 5
+kill_timeout = 5
+
+[profiles.singleuser]
+command = [{q(str(SINGLEUSER))}]
+path = {q(path)}
+interrupt_timeout = 10
+term_timeout = 5
+kill_timeout = 5
+"""
+
+    def start_daemon(self, nofile_soft=None, tag="spawnd", cgroups=True):
+        config = self.root / "spawnd.toml"
+        config.write_text(self.daemon_config(cgroups))
+        config.chmod(0o644)
+        run([SPAWND, "check-config", config], check=True)
+        logf = open(self.root / "logs" / f"{tag}.log", "ab")
+        cg_procs = self.cgroup / "daemon" / "cgroup.procs" if self.cgroup else None
+
+        def preexec():
+            # Into its own cgroup, so that cpu.stat counts the daemon alone (servers get
+            # their own cgroups under .../servers); the soft fd limit for the probe.
+            if cg_procs is not None:
+                with open(cg_procs, "w") as f:
+                    f.write("0")
+            if nofile_soft is not None:
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile_soft, hard))
+
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SPAWND_LOG": "warn", "LANG": "C.UTF-8"}
+        self.daemon = subprocess.Popen(
+            [str(SPAWND), "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=preexec,
+        )
+        logf.close()
+        self.procs.append(self.daemon)
+
+        def ready():
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"spawnd exited ({self.daemon.returncode}); see {self.root}/logs")
+            return run([SPAWNCTL, "--socket", self.socket, "status"], timeout=10).returncode == 0
+
+        if not wait_for(ready, 20):
+            raise RuntimeError("spawnd did not answer within 20 s")
+
+    def stop_daemon(self):
+        d = self.daemon
+        if d is None:
+            return
+        if d.poll() is None:
+            d.send_signal(signal.SIGTERM)
+            try:
+                d.wait(20)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()
+        self.daemon = None
+        if self.cgroup and (self.cgroup / "servers").exists():
+            remove_cgroup_tree(self.cgroup / "servers")
+
+    def daemon_cgroup(self):
+        return str(self.cgroup / "daemon") if self.cgroup else None
+
+    def pin_daemon(self, cpus):
+        run(["taskset", "-a", "-p", "-c", cpus, str(self.daemon.pid)], check=True)
+
+    def bench(self, args, as_hub=False, timeout=600):
+        cmd = [str(BENCH), *map(str, args)]
+        if as_hub:
+            cmd = self.as_hub(cmd)
+        r = run(cmd, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        return json.loads(r.stdout)
+
+    # --- 2. per-request cost at the daemon ----------------------------------------------------
+
+    def bench_daemon(self):
+        res = self.results.setdefault("daemon", {})
+        user = self.nb[0]
+        it = self.size("echo_iters")
+        warm = max(1, it // 10)
+        all_cpus = f"0-{self.ncpu - 1}"
+        for placement in ("same", "cross", "free"):
+            if placement != "free" and self.ncpu < 2 and placement == "cross":
+                continue
+            log(f"echo floor ({placement})")
+            res[f"echo_{placement}"] = self.bench(
+                ["echo", "--placement", placement, "--iters", it, "--warmup", warm]
+            )
+            res[f"echo_client_{placement}"] = self.bench(
+                ["echo", "--client", "--placement", placement, "--iters", it, "--warmup", warm]
+            )
+        rit = self.size("rtt_iters")
+        rwarm = max(1, rit // 10)
+        sock = self.socket
+        placements = [("free", None, None), ("same", "0", 0)]
+        if self.ncpu >= 2:
+            placements.append(("cross", "1", 0))
+        for name, daemon_cpus, client_cpu in placements:
+            log(f"poll/status/list round trips ({name})")
+            try:
+                if daemon_cpus is not None:
+                    self.pin_daemon(daemon_cpus)
+                args = ["rtt", "--socket", sock, "--user", user, "--profile", "tiny",
+                        "--iters", rit, "--warmup", rwarm]
+                if client_cpu is not None:
+                    args += ["--cpu", client_cpu]
+                res[f"rtt_{name}"] = self.bench(args, as_hub=True)
+            finally:
+                self.pin_daemon(all_cpus)
+        log("start-to-running and stop through the daemon")
+        res["spawn"] = self.bench_spawn(self.size("spawn_iters"))
+        b = self.size("bare_iters")
+        for entry in ("none", "write", "clone3"):
+            if entry != "none" and not self.cgroup:
+                continue
+            log(f"bare fork+setuid+exec floor (cgroup: {entry})")
+            args = ["bare-spawn", "--user", user, "--iters", b, "--warmup", max(2, b // 20),
+                    "--gap-ms", GAP_MS, "--cgroup", entry]
+            if entry != "none":
+                args += ["--cgroup-base", self.cgroup / "floor"]
+            res[f"bare_{entry}"] = self.bench(args + ["--", SERVER])
+        log("durable state write (write, fsync, rename, fsync dir)")
+        res["state_write"] = self.bench(["state-write", "--dir", self.root / "fsync-floor",
+                                         "--iters", b, "--gap-ms", GAP_MS])
+        log("setpriv /bin/true")
+        res["setpriv"] = self.bench(
+            ["setpriv", "--user", user, "--iters", self.size("setpriv_iters")]
+        )
+
+    def bench_spawn(self, n):
+        args = ["spawn", "--socket", self.socket, "--user", self.nb[0], "--profile", "tiny",
+                "--iters", n, "--warmup", max(2, n // 20), "--gap-ms", GAP_MS]
+        if self.cgroup:
+            args += ["--daemon-cgroup", self.cgroup / "daemon"]
+        return self.bench(args)
+
+    def bench_nocgroup(self):
+        """The same starts and stops with `cgroup = "off"` (process groups): how much of a
+        start is the per-server cgroup."""
+        if not self.cgroup:
+            return
+        res = self.results.setdefault("nocgroup", {})
+        self.stop_daemon()
+        self.start_daemon(tag="spawnd-nocgroup", cgroups=False)
+        try:
+            log("start-to-running and stop with cgroup = off")
+            res["spawn"] = self.bench_spawn(self.size("spawn_nocg_iters"))
+            log("spawner actions: spawnd with cgroup = off")
+            res["spawnd"] = self.spawners("spawnd", self.size("reps_nocg"), self.size("polls"))
+        finally:
+            self.stop_daemon()
+            self.start_daemon()
+
+    # --- 1. per-action cost at the hub's level ------------------------------------------------
+
+    def spawners(self, kind, reps, polls):
+        args = [str(PY), str(SPAWNERS_PY), "--spawner", kind, "--user", self.nb[0],
+                "--reps", str(reps), "--polls", str(polls)]
+        if kind.startswith("spawnd"):
+            args += ["--socket", str(self.socket), "--profile", "tiny",
+                     "--daemon-pid", str(self.daemon.pid)]
+            if self.cgroup:
+                args += ["--daemon-cgroup", str(self.cgroup / "daemon")]
+        elif kind == "sudo":
+            args += ["--sudospawner", str(SUDOSPAWNER_TINY)]
+        else:
+            args += ["--server-cmd", str(SERVER)]
+        home = self.root / "hubhome"
+        home.mkdir(exist_ok=True)
+        os.chown(home, self.hub_pw.pw_uid, self.hub_pw.pw_gid)
+        if kind != "local":
+            args = self.as_hub(args)
+            env = self.hub_env(home)
+        else:
+            env = {"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+        with open(self.root / "logs" / f"spawners-{kind}.log", "ab") as errf:
+            r = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=errf, env=env, cwd=home, timeout=900)
+        if r.returncode != 0:
+            tail = (self.root / "logs" / f"spawners-{kind}.log").read_text()[-3000:]
+            raise RuntimeError(f"spawners.py --spawner {kind} failed ({r.returncode}):\n{tail}")
+        return json.loads(r.stdout)
+
+    def bench_sudo_footprint(self):
+        """Peak RSS and CPU of one SudoSpawner signal action (sudo + the Python mediator), seen
+        from a small parent: a forked child's peak RSS starts at its parent's size, so the
+        hub-sized spawners.py process cannot measure it itself."""
+        script = (
+            "import json, resource, subprocess, sys, time\n"
+            "cmd = ['sudo', '-u', sys.argv[1], '-nH', sys.argv[2], '--logging=INFO']\n"
+            "walls = []\n"
+            "for _ in range(int(sys.argv[3])):\n"
+            "    t = time.perf_counter()\n"
+            "    p = subprocess.run(cmd, input=b'{\"action\": \"kill\", \"pid\": 1, \"signal\": 0}',\n"
+            "                       capture_output=True)\n"
+            "    walls.append(time.perf_counter() - t)\n"
+            "    if p.returncode != 0:\n"
+            "        sys.exit(p.stderr.decode())\n"
+            "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(json.dumps({'peak_rss_kib': r.ru_maxrss, 'actions': len(walls),\n"
+            "                  'cpu_s_per_action': (r.ru_utime + r.ru_stime) / len(walls),\n"
+            "                  'wall_s': sorted(walls)[len(walls) // 2]}))\n"
+        )
+        n = 5 if not self.quick else 1
+        r = run(self.as_hub(["/usr/bin/python3", "-c", script, self.nb[0], SUDOSPAWNER_TINY, n]),
+                timeout=120, env=self.hub_env(self.root), cwd=self.root)
+        if r.returncode != 0:
+            raise RuntimeError(f"sudo footprint: {r.stderr[-2000:]}")
+        return json.loads(r.stdout)
+
+    def bench_spawners(self):
+        res = self.results.setdefault("spawners", {})
+        log("SudoSpawner: footprint of one mediator action")
+        try:
+            res["sudo_footprint"] = self.bench_sudo_footprint()
+        except Exception as e:  # noqa: BLE001
+            self.fail("sudo-footprint", e)
+        polls = self.size("polls")
+        plan = [
+            ("spawnd", self.size("reps_spawnd")),
+            ("spawnd-wait", self.size("reps_spawnd")),
+            ("local", self.size("reps_local")),
+            ("sudo", self.size("reps_sudo")),
+        ]
+        for kind, reps in plan:
+            log(f"spawner actions: {kind} ({reps} starts)")
+            try:
+                res[kind] = self.spawners(kind, reps, polls)
+            except Exception as e:  # noqa: BLE001 - recorded and reported
+                self.fail(f"spawners-{kind}", e)
+
+    # --- 3. spawn-to-ready through a real hub ---------------------------------------------------
+
+    def hub_config(self, kind, d, ports, token):
+        if kind == "spawnd":
+            spawner = (
+                'c.JupyterHub.spawner_class = "spawnd.spawner.SpawndSpawner"\n'
+                f'c.SpawndSpawner.socket = "{self.socket}"\n'
+                'c.SpawndSpawner.profile = "singleuser"\n'
+            )
+        elif kind == "sudo":
+            spawner = (
+                'c.JupyterHub.spawner_class = "sudospawner.SudoSpawner"\n'
+                f'c.SudoSpawner.sudospawner_path = "{SUDOSPAWNER_REAL}"\n'
+            )
+        else:
+            spawner = (
+                'c.JupyterHub.spawner_class = "localprocess"\n'
+                f'c.Spawner.cmd = ["{SINGLEUSER}"]\n'
+            )
+        return f"""\
+# scripts/bench: hub with {kind}
+c = get_config()  # noqa: F821
+{spawner}
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allow_all = True
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {ports[0]}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {ports[1]}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports[2]}"
+c.ConfigurableHTTPProxy.command = ["{CHP}"]
+c.ConfigurableHTTPProxy.auth_token = "{token}p"
+c.JupyterHub.db_url = "sqlite:///{d}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{d}/jupyterhub_cookie_secret"
+c.JupyterHub.pid_file = "{d}/jupyterhub.pid"
+c.ConfigurableHTTPProxy.pid_file = "{d}/jupyterhub-proxy.pid"
+c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
+c.JupyterHub.load_roles = [{{"name": "admin", "services": ["bench"]}}]
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+"""
+
+    def bench_hub(self, kind):
+        d = self.root / f"hub-{kind}"
+        d.mkdir(mode=0o700)
+        as_root = kind == "local"
+        if not as_root:
+            os.chown(d, self.hub_pw.pw_uid, self.hub_pw.pw_gid)
+        ports = (free_port(), free_port(), free_port())
+        token = os.urandom(24).hex()
+        cfg = d / "jupyterhub_config.py"
+        cfg.write_text(self.hub_config(kind, d, ports, token))
+        cfg.chmod(0o644)
+        cmd = [str(JUPYTERHUB), "-f", str(cfg)]
+        env = self.hub_env(d)
+        if as_root:
+            env.update(HOME=str(d), USER="root", LOGNAME="root")
+        else:
+            cmd = self.as_hub(cmd)
+        logf = open(self.root / "logs" / f"hub-{kind}.log", "ab")
+        hub = subprocess.Popen(cmd, cwd=d, stdin=subprocess.DEVNULL, stdout=logf,
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        logf.close()
+        self.procs.append(hub)
+        base = f"http://127.0.0.1:{ports[0]}/hub/api"
+
+        def api(method, path, body=None):
+            data = json.dumps(body).encode() if body is not None else None
+            req = urllib.request.Request(base + path, data=data, method=method)
+            req.add_header("Authorization", f"token {token}")
+            if data is not None:
+                req.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(req, timeout=90) as r:
+                    text = r.read()
+                    return r.status, (json.loads(text) if text else None)
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode(errors="replace")
+
+        try:
+            def hub_ready():
+                if hub.poll() is not None:
+                    raise RuntimeError(f"jupyterhub ({kind}) exited ({hub.returncode})")
+                try:
+                    return api("GET", "/")[0] == 200
+                except OSError:
+                    return False
+
+            if not wait_for(hub_ready, 90, 0.2):
+                raise RuntimeError(f"jupyterhub ({kind}) not ready within 90 s")
+            user = self.nb[0]
+            status, body = api("POST", f"/users/{user}")
+            if status not in (201, 409):
+                raise RuntimeError(f"create user: {status} {body}")
+            reps = self.size("hub_reps")
+            spawn, stop = [], []
+
+            def model():
+                st, body = api("GET", f"/users/{user}")
+                if st != 200:
+                    raise RuntimeError(f"GET user: {st} {body}")
+                return body.get("servers", {}).get("")
+
+            # The first spawn of a user (cold caches, a new runtime directory) is a warm-up,
+            # except in a quick run, which only checks that spawning works.
+            warmup = 0 if self.quick else 1
+            for i in range(reps + warmup):
+                t0 = time.perf_counter()
+                st, body = api("POST", f"/users/{user}/server")
+                if st not in (201, 202):
+                    raise RuntimeError(f"start: {st} {body}")
+                m = wait_for(lambda: (model() or {}).get("ready"), 120, 0.02)
+                t_ready = time.perf_counter() - t0
+                if not m:
+                    raise RuntimeError("server not ready within 120 s")
+                t0 = time.perf_counter()
+                st, body = api("DELETE", f"/users/{user}/server")
+                if st not in (202, 204):
+                    raise RuntimeError(f"stop: {st} {body}")
+                if not wait_for(lambda: model() is None, 120, 0.02):
+                    raise RuntimeError("server not gone within 120 s")
+                t_stop = time.perf_counter() - t0
+                if i >= warmup:
+                    spawn.append(t_ready)
+                    stop.append(t_stop)
+            return {"spawn_to_ready": summary_s(spawn), "stop": summary_s(stop), "reps": reps}
+        finally:
+            if hub.poll() is None:
+                hub.send_signal(signal.SIGTERM)
+                try:
+                    hub.wait(30)
+                except subprocess.TimeoutExpired:
+                    hub.kill()
+                    hub.wait()
+            try:
+                os.killpg(hub.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def bench_hubs(self):
+        res = self.results.setdefault("hub", {})
+        for kind in ("spawnd", "sudo", "local"):
+            log(f"spawn-to-ready through a real hub: {kind}")
+            try:
+                res[kind] = self.bench_hub(kind)
+            except Exception as e:  # noqa: BLE001
+                self.fail(f"hub-{kind}", e)
+            if kind != "spawnd":
+                # Whatever a failed run of an unsupervised spawner left behind.
+                kill_uid(pwd.getpwnam(self.nb[0]).pw_uid)
+
+    # --- 4. scale -----------------------------------------------------------------------------
+
+    def bench_scale(self):
+        res = self.results.setdefault("scale", {})
+        users = ",".join(self.nb)
+        per = self.size("scale_per_user")
+        total = len(self.nb) * per
+        sock = self.socket
+        pid = self.daemon.pid
+        res["servers"] = total
+        res["users"] = len(self.nb)
+        res["rss_idle_kib"] = kib(pid, "VmRSS")
+        res["nofile"] = self.nofile(pid)
+        log(f"scale: starting {total} servers")
+        res["start"] = self.bench(["many", "--socket", sock, "--action", "start", "--users", users,
+                                   "--per-user", per, "--profile", "sleep", "--window", WINDOW],
+                                  as_hub=True, timeout=900)
+        res["rss_kib"] = kib(pid, "VmRSS")
+        res["hwm_kib"] = kib(pid, "VmHWM")
+        res["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+        res["threads"] = len(os.listdir(f"/proc/{pid}/task"))
+        st = run([SPAWNCTL, "--socket", sock, "status"], timeout=30)
+        res["status"] = st.stdout
+        log("scale: spawnctl list --json")
+        samples = []
+        for _ in range(self.size("list_iters")):
+            t0 = time.perf_counter()
+            r = run([SPAWNCTL, "--socket", sock, "list", "--json"], timeout=120)
+            samples.append(time.perf_counter() - t0)
+            if r.returncode != 0:
+                raise RuntimeError(f"spawnctl list --json: {r.stderr}")
+        res["listed"] = len(json.loads(r.stdout))
+        res["spawnctl_list"] = summary_s(samples)
+        res["list_all"] = self.bench(["list-all", "--socket", sock, "--iters", self.size("list_iters")],
+                                     as_hub=True)
+        log("scale: poll all")
+        for window in (WINDOW, 64):
+            res[f"poll_all_window{window}"] = self.bench(
+                ["many", "--socket", sock, "--action", "poll", "--users", users, "--per-user", per,
+                 "--window", window], as_hub=True)
+        res["poll_all_at_once"] = self.bench(["many", "--socket", sock, "--action", "poll",
+                                              "--users", users, "--per-user", per, "--window", 0],
+                                             as_hub=True)
+        args = [str(PY), str(SPAWNERS_PY), "--mode", "pollall", "--socket", str(sock),
+                "--users", users, "--per-user", str(per)]
+        r = subprocess.run(self.as_hub(args), capture_output=True, text=True, timeout=300,
+                           env=self.hub_env(self.root), cwd=self.root)
+        if r.returncode != 0:
+            raise RuntimeError(f"pollall (python) failed: {r.stderr[-2000:]}")
+        res["poll_all_python"] = json.loads(r.stdout)
+        for clients, depth in ((1, 1), (8, 1), (64, 1), (8, 8)):
+            log(f"scale: throughput, {clients} clients x {depth}")
+            args = ["throughput", "--socket", sock, "--users", users, "--per-user", per,
+                    "--clients", clients, "--depth", depth, "--seconds", self.size("tp_seconds")]
+            if self.cgroup:
+                args += ["--daemon-cgroup", self.cgroup / "daemon"]
+            res[f"throughput_{clients}x{depth}"] = self.bench(args, as_hub=True)
+        log(f"scale: stopping {total} servers")
+        res["stop"] = self.bench(["many", "--socket", sock, "--action", "stop", "--users", users,
+                                  "--per-user", per, "--window", WINDOW], as_hub=True, timeout=900)
+        res["rss_after_kib"] = kib(pid, "VmRSS")
+
+    def nofile(self, pid):
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                f = line.split()
+                return {"soft": f[3], "hard": f[4]}
+        return None
+
+    def bench_nofile_probe(self):
+        """A daemon with the soft fd limit systemd gives services by default (1024)."""
+        n = self.size("nofile_probe")
+        if not n:
+            return
+        per = -(-n // len(self.nb))
+        users = ",".join(self.nb)
+        log(f"fd-limit probe: {per * len(self.nb)} servers under a soft RLIMIT_NOFILE of 1024")
+        self.start_daemon(nofile_soft=1024, tag="spawnd-nofile")
+        res = self.results.setdefault("nofile_probe", {})
+        try:
+            res["nofile"] = self.nofile(self.daemon.pid)
+            res["start"] = self.bench(["many", "--socket", self.socket, "--action", "start",
+                                       "--users", users, "--per-user", per, "--profile", "sleep",
+                                       "--window", WINDOW], as_hub=True, timeout=600)
+            res["fds"] = len(os.listdir(f"/proc/{self.daemon.pid}/fd"))
+            t0 = time.perf_counter()
+            st = run([SPAWNCTL, "--socket", self.socket, "status"], timeout=20)
+            res["status_after"] = {"rc": st.returncode, "s": time.perf_counter() - t0,
+                                   "stderr": st.stderr.strip()[-500:]}
+            res["stop"] = self.bench(["many", "--socket", self.socket, "--action", "stop",
+                                      "--users", users, "--per-user", per, "--window", WINDOW],
+                                     as_hub=True, timeout=600)
+        except subprocess.TimeoutExpired as e:
+            res["timeout"] = str(e)
+        finally:
+            self.stop_daemon()
+            for u in self.nb:
+                kill_uid(pwd.getpwnam(u).pw_uid)
+
+    # --- the whole run ------------------------------------------------------------------------
+
+    def fail(self, what, e):
+        log(f"FAILED {what}: {e}")
+        self.results["errors"][what] = "".join(traceback.format_exception_only(type(e), e)).strip()[-2000:]
+
+    def machine(self):
+        cpu = "?"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = "?"
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+
+        def version(cmd):
+            try:
+                return run(cmd, timeout=30).stdout.strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.TimeoutExpired):
+                return "?"
+
+        try:
+            debian = Path("/etc/debian_version").read_text().strip()
+        except OSError:
+            debian = "?"
+        return {
+            "cores": self.ncpu,
+            "cpu": cpu,
+            "memory": mem,
+            "kernel": platform.release(),
+            "os": f"Debian {debian}",
+            "spawnd": version([SPAWND, "--version"]),
+            "sudo": version(["sudo", "-V"]),
+            "python": version([PY, "--version"]),
+            "jupyterhub": version([PY, "-c", "import jupyterhub; print(jupyterhub.__version__)"]),
+            "sudospawner": version([PY, "-c", "import sudospawner.version as v; print(v.__version__)"]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "tree_kill": "cgroup v2 (per-server cgroups)" if self.cgroup else "process groups",
+        }
+
+    def go(self):
+        t0 = time.monotonic()
+        self.results["machine"] = self.machine()
+        self.results["machine"]["loadavg_before"] = os.getloadavg()[0]
+        if os.getloadavg()[0] > 1.0:
+            log(f"note: the machine is busy (load average {os.getloadavg()[0]:.2f}): "
+                "other work shares the 2 cores and will show in the figures")
+        self.results["quick"] = self.quick
+        self.setup()
+        self.start_daemon()
+        for name, step in (("daemon", self.bench_daemon), ("spawners", self.bench_spawners),
+                           ("nocgroup", self.bench_nocgroup), ("hub", self.bench_hubs),
+                           ("scale", self.bench_scale)):
+            s0 = time.monotonic()
+            p0 = cpu_pressure()
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - recorded, reported, and the run fails
+                self.fail(name, e)
+            wall = time.monotonic() - s0
+            self.results.setdefault("durations_s", {})[name] = wall
+            self.results.setdefault("load", {})[name] = {
+                "loadavg_end": os.getloadavg()[0],
+                "cpu_pressure": (cpu_pressure() - p0) / 1e6 / wall if wall else None,
+            }
+        self.stop_daemon()
+        for u in self.nb:
+            kill_uid(pwd.getpwnam(u).pw_uid)
+        s0 = time.monotonic()
+        try:
+            self.bench_nofile_probe()
+        except Exception as e:  # noqa: BLE001
+            self.fail("nofile_probe", e)
+        self.results.setdefault("durations_s", {})["nofile_probe"] = time.monotonic() - s0
+        self.results["durations_s"]["total"] = time.monotonic() - t0
+
+    def cleanup(self):
+        try:
+            self.stop_daemon()
+        except Exception as e:  # noqa: BLE001 - best effort at teardown
+            log(f"stopping spawnd: {e}")
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+        for name in reversed(self.users):
+            remove_user(name)
+        for name in reversed(self.groups):
+            remove_group(name)
+        if SUDOERS.exists():
+            SUDOERS.unlink()
+        if self.cgroup:
+            remove_cgroup_tree(self.cgroup)
+        if os.environ.get("SPAWND_BENCH_KEEP") != "1":
+            shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            log(f"kept {self.root}")
+
+
+def cpu_pressure():
+    """Microseconds some task waited for a CPU since boot (/proc/pressure/cpu), or 0."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some "):
+                return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def summary_s(samples):
+    """median/p99 of samples in seconds, in microseconds (as the Rust side reports)."""
+    if not samples:
+        return None
+    s = sorted(samples)
+    n = len(s)
+
+    def rank(p):
+        k = max(1, min(n, -(-p * n // 100)))
+        return s[int(k) - 1] * 1e6
+
+    return {"n": n, "median_us": rank(50), "p99_us": rank(99), "mean_us": sum(s) / n * 1e6,
+            "min_us": s[0] * 1e6, "max_us": s[-1] * 1e6}
+
+
+def main():
+    p = argparse.ArgumentParser(description="spawnd benchmarks (see BENCHMARKS.md)")
+    p.add_argument("--quick", action="store_true",
+                   help="small repetitions: checks that the harness works; no speed judgement")
+    p.add_argument("--out", help="write the report here (default: BENCHMARKS.md of the checkout "
+                   "for a full run, nothing for --quick)")
+    p.add_argument("--json", help="also write the raw results as JSON here")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: must run as root (creates users, runs spawnd as root and sudo)")
+    lock = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    remove_leftovers()
+    r = Run(args.quick)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        r.go()
+    except Exception as e:  # noqa: BLE001 - reported below, and the run fails
+        r.fail("run", e)
+    finally:
+        r.cleanup()
+    import report
+
+    text = report.render(r.results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r.results, indent=1))
+    out = args.out or (None if args.quick else str(HERE.parent / "BENCHMARKS.md"))
+    if out:
+        report.write(Path(out), text)
+        log(f"wrote {out}")
+    print(report.summary(r.results))
+    if r.results["errors"]:
+        for k, v in r.results["errors"].items():
+            log(f"error in {k}: {v}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+    sys.path.insert(0, str(HERE))
+    main()
