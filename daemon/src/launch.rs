@@ -15,6 +15,26 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// `struct clone_args` of clone3(2), up to the `cgroup` field (Linux 5.7).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// keyctl(2) operation: join (here: create) an anonymous session keyring.
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
@@ -157,7 +177,7 @@ pub struct LaunchSpec {
     /// RLIMIT_NOFILE for the server (the daemon raised its own soft limit).
     nofile: Option<libc::rlimit>,
     log: OwnedFd,
-    cgroup_procs: Option<OwnedFd>,
+    cgroup: Option<CgroupFds>,
     summary: SpecSummary,
 }
 
@@ -179,8 +199,17 @@ pub struct LaunchInput<'a> {
     pub umask: u32,
     /// Where stdout and stderr go.
     pub log: OwnedFd,
-    /// The server's `cgroup.procs`, opened for writing, if it has a cgroup.
-    pub cgroup_procs: Option<OwnedFd>,
+    /// The server's cgroup, if it has one.
+    pub cgroup: Option<CgroupFds>,
+}
+
+/// A server's cgroup, opened before fork: the directory (for `clone3(CLONE_INTO_CGROUP)`,
+/// which creates the child inside it) and its `cgroup.procs` (for kernels without it, where
+/// the child moves itself by writing to it).
+#[derive(Debug)]
+pub struct CgroupFds {
+    pub dir: OwnedFd,
+    pub procs: OwnedFd,
 }
 
 fn cstring(what: &'static str, s: &str, user: &str) -> Result<CString, LaunchError> {
@@ -230,7 +259,7 @@ impl LaunchSpec {
             dev_null: c"/dev/null".to_owned(),
             nofile: server_nofile(),
             log: input.log,
-            cgroup_procs: input.cgroup_procs,
+            cgroup: input.cgroup,
             summary: SpecSummary {
                 user: user.to_string(),
                 uid: input.uid,
@@ -291,20 +320,61 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
     // SAFETY: valid pointer to a sigset_t we own.
     unsafe { libc::sigemptyset(&mut empty_set) };
 
-    // SAFETY: fork is called with everything the child needs already computed; the child
-    // branch below only makes async-signal-safe calls and ends in execve or _exit.
-    let pid = unsafe { libc::fork() };
+    // With a cgroup, clone3(CLONE_INTO_CGROUP) creates the child inside it (a migration by
+    // writing cgroup.procs waits for an RCU grace period: milliseconds, more under load) and
+    // CLONE_PIDFD returns the pidfd with it. Kernels before 5.7 fall back to fork.
+    let mut clone_pidfd: libc::c_int = -1;
+    let mut pid = -1;
+    let mut moved_at_birth = false;
+    if let Some(cg) = &spec.cgroup {
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
+            pidfd: std::ptr::addr_of_mut!(clone_pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: cg.dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without CLONE_VM (or a stack) duplicates the process like fork. It
+        // bypasses glibc's fork, so the child must not touch glibc state that other threads may
+        // have held (locks, the thread list): child_setup makes raw system calls only.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            ) as libc::pid_t
+        };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            let unsupported = [libc::ENOSYS, libc::E2BIG, libc::EINVAL, libc::EOPNOTSUPP];
+            if !e.raw_os_error().is_some_and(|n| unsupported.contains(&n)) {
+                return Err(parent_err("clone3", e));
+            }
+        } else {
+            moved_at_birth = true;
+        }
+    }
     if pid < 0 {
-        return Err(parent_err("fork", io::Error::last_os_error()));
+        // SAFETY: fork is called with everything the child needs already computed; the child
+        // branch below only makes async-signal-safe calls and ends in execve or _exit.
+        pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(parent_err("fork", io::Error::last_os_error()));
+        }
     }
     if pid == 0 {
-        // SAFETY: we are the freshly forked child; child_setup never returns.
-        unsafe { child_setup(&spec, &empty_set, write_end.as_raw_fd()) }
+        // SAFETY: we are the freshly created child; child_setup never returns.
+        unsafe { child_setup(&spec, &empty_set, write_end.as_raw_fd(), !moved_at_birth) }
     }
     drop(write_end);
 
-    // Our child cannot be reaped by anyone else, so this pidfd is for it and nothing else.
-    let pidfd = crate::sys::pidfd_open(pid);
+    let pidfd = if clone_pidfd >= 0 {
+        // SAFETY: the kernel returned this new (close-on-exec) pidfd through clone_args.
+        Ok(unsafe { OwnedFd::from_raw_fd(clone_pidfd) })
+    } else {
+        // Our child cannot be reaped by anyone else, so this pidfd is for it and nothing else.
+        crate::sys::pidfd_open(pid)
+    };
 
     let mut report = [0u8; 5];
     let mut got = 0;
@@ -371,7 +441,12 @@ fn kill_and_reap(pid: i32) {
 ///
 /// # Safety
 /// Must only be called in the child right after fork.
-unsafe fn child_setup(spec: &LaunchSpec, empty_set: &libc::sigset_t, report: RawFd) -> ! {
+unsafe fn child_setup(
+    spec: &LaunchSpec,
+    empty_set: &libc::sigset_t,
+    report: RawFd,
+    enter_cgroup: bool,
+) -> ! {
     // SAFETY: every call below is an async-signal-safe system call on data
     // that was fully prepared before fork and is not modified here.
     unsafe {
@@ -393,21 +468,32 @@ unsafe fn child_setup(spec: &LaunchSpec, empty_set: &libc::sigset_t, report: Raw
         if r != 0 {
             fail(report, Step::Signals, r);
         }
-        if let Some(procs) = &spec.cgroup_procs {
+        if let (true, Some(cg)) = (enter_cgroup, &spec.cgroup) {
             // "0" moves the writing process itself into the cgroup, before it can fork.
             check!(
                 Step::Cgroup,
-                libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1)
+                libc::write(cg.procs.as_raw_fd(), b"0".as_ptr().cast(), 1)
             );
         }
         check!(Step::Setsid, libc::setsid());
+        // Raw system calls, not glibc's wrappers: those broadcast the change to every thread
+        // glibc knows of, taking locks that another thread of the daemon may have held when
+        // clone3 copied the process. The child has one thread, so the raw calls cover it all.
         check!(
             Step::Setgroups,
-            libc::setgroups(spec.groups.len(), spec.groups.as_ptr())
+            libc::syscall(libc::SYS_setgroups, spec.groups.len(), spec.groups.as_ptr())
         );
-        check!(Step::Setgid, libc::setresgid(spec.gid, spec.gid, spec.gid));
-        check!(Step::Setuid, libc::setresuid(spec.uid, spec.uid, spec.uid));
-        if libc::setresuid(0, 0, 0) == 0 || libc::setuid(0) == 0 {
+        check!(
+            Step::Setgid,
+            libc::syscall(libc::SYS_setresgid, spec.gid, spec.gid, spec.gid)
+        );
+        check!(
+            Step::Setuid,
+            libc::syscall(libc::SYS_setresuid, spec.uid, spec.uid, spec.uid)
+        );
+        if libc::syscall(libc::SYS_setresuid, 0, 0, 0) == 0
+            || libc::syscall(libc::SYS_setuid, 0) == 0
+        {
             fail(report, Step::RegainRoot, libc::EPERM);
         }
         // Every process inherits its parent's session keyring: without a new one, all

@@ -11,7 +11,7 @@ use spawnd_protocol::{
     Response, ServerId, StartRequest, Started, decode_request, encode_response,
 };
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -522,8 +522,8 @@ fn prepare_and_launch(
                 format!("could not create the cgroup of {}: {e}", req.server),
             )
         })?;
-    let (cgroup_dir, procs) = match cgroup {
-        Some((dir, file)) => (Some(dir), Some(OwnedFd::from(file))),
+    let (cgroup_dir, cgroup_fds) = match cgroup {
+        Some((dir, fds)) => (Some(dir), Some(fds)),
         None => (None, None),
     };
     let remove_cgroup = || {
@@ -545,7 +545,7 @@ fn prepare_and_launch(
         env: &vars,
         umask: profile.umask,
         log,
-        cgroup_procs: procs,
+        cgroup: cgroup_fds,
     })
     .map_err(|e| {
         remove_cgroup();

@@ -60,14 +60,14 @@ impl TreeMode {
         }
     }
 
-    /// Creates the cgroup for one server instance and opens its `cgroup.procs` for the child to
-    /// enter. `None` in process-group mode.
+    /// Creates the cgroup for one server instance and opens it (directory and `cgroup.procs`)
+    /// for the launch. `None` in process-group mode.
     pub fn prepare(
         &self,
         user: &str,
         server: &str,
         instance: u64,
-    ) -> io::Result<Option<(PathBuf, std::fs::File)>> {
+    ) -> io::Result<Option<(PathBuf, crate::launch::CgroupFds)>> {
         let TreeMode::Cgroup { base } = self else {
             return Ok(None);
         };
@@ -76,7 +76,14 @@ impl TreeMode {
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"))?;
-        Ok(Some((dir, procs)))
+        let dir_fd = std::fs::File::open(&dir)?;
+        Ok(Some((
+            dir,
+            crate::launch::CgroupFds {
+                dir: dir_fd.into(),
+                procs: procs.into(),
+            },
+        )))
     }
 }
 
