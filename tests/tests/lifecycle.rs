@@ -612,3 +612,33 @@ async fn servers_start_past_the_inherited_fd_limit_and_get_it_back() {
             .expect("stop");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_runs_in_its_own_cgroup_from_birth() {
+    require_root!();
+    let u = users();
+    let d = TestDaemon::start(options());
+    require_cgroup!(d);
+    let hub = d.hub_client().await;
+    let s = start(&hub, req(&u.a.name, "lab", "sleeper")).await;
+    let base = d.cgroup_base.clone().unwrap();
+    let root = spawnd_tests::cgroup_v2_root().unwrap();
+    let expected = format!(
+        "/{}",
+        base.join(&u.a.name)
+            .join(format!("lab.{}", s.instance))
+            .strip_prefix(&root)
+            .unwrap()
+            .display()
+    );
+    assert_eq!(procfs::cgroup(s.pid).as_deref(), Some(expected.as_str()));
+    hub.stop(&sid(&u.a.name, "lab"), None, true)
+        .await
+        .expect("stop");
+    assert!(
+        !base
+            .join(&u.a.name)
+            .join(format!("lab.{}", s.instance))
+            .exists()
+    );
+}
