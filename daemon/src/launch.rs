@@ -108,6 +108,27 @@ fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
     let err = io::Error::from_raw_os_error(errno);
     let user = &s.user;
     match step {
+        // Over RLIMIT_NPROC, the kernel lets setresuid succeed and fails the execve instead.
+        Step::Exec | Step::Setuid if errno == libc::EAGAIN => format!(
+            "could not start the server of {user}: the user has too many processes (RLIMIT_NPROC \
+             of the daemon, which servers inherit; under systemd LimitNPROC= in spawnd.service); \
+             stop some of the user's processes or raise the limit"
+        ),
+        Step::Exec if errno == libc::ENOENT && std::path::Path::new(&s.program).exists() => {
+            match interpreter_of(&s.program) {
+                Some(interp) => format!(
+                    "could not execute {} as user {user}: its interpreter {interp} (named on its \
+                     first line, #!) does not exist; reinstall the environment it belongs to or \
+                     fix the profile's command",
+                    s.program
+                ),
+                None => format!(
+                    "could not execute {} as user {user}: the file exists but its program loader \
+                     or a library it needs is missing ({err})",
+                    s.program
+                ),
+            }
+        }
         Step::Chdir => format!(
             "the home directory {} of user {user} is missing or not accessible to that user \
              ({err}); create it (for example with `mkhomedir_helper {user}`) or fix its \
@@ -138,6 +159,19 @@ fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
             format!("could not set up the server process of {user} at {step}: {err}")
         }
     }
+}
+
+/// The interpreter named by a script's `#!` line, if it has one.
+fn interpreter_of(program: &str) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(program)
+        .and_then(|mut f| f.read(&mut head))
+        .ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let text = String::from_utf8_lossy(line);
+    text.split_whitespace().next().map(str::to_string)
 }
 
 impl fmt::Display for Step {

@@ -180,13 +180,11 @@ impl Daemon {
         let limits = self.config().limits;
         let max_in_flight = limits.max_requests_in_flight as usize;
         let in_flight = Arc::new(Semaphore::new(max_in_flight));
-        let mut buf = vec![0u8; MAX_PACKET];
         let mut first = true;
         loop {
             let received = if first {
                 // A peer that connects and says nothing must not hold a connection for long.
-                match tokio::time::timeout(limits.first_request_timeout, socket.recv(&mut buf))
-                    .await
+                match tokio::time::timeout(limits.first_request_timeout, recv_packet(&socket)).await
                 {
                     Ok(r) => r,
                     Err(_) => {
@@ -201,26 +199,26 @@ impl Daemon {
                     }
                 }
             } else {
-                socket.recv(&mut buf).await
+                recv_packet(&socket).await
             };
             first = false;
-            let info = match received {
-                Ok(info) => info,
+            let packet = match received {
+                Ok(packet) => packet,
                 Err(e) => {
                     tracing::debug!(peer_uid = peer.uid, "connection ended: {e}");
                     break;
                 }
             };
-            if info.truncated() {
-                let e = DecodeError::TooLarge;
-                self.refuse_packet(&socket, &peer, role, &e).await;
-                continue;
-            }
-            let n = info.bytes_read();
-            if n == 0 {
-                break;
-            }
-            let envelope = match decode_request(&buf[..n]) {
+            let bytes = match packet {
+                Packet::TooLarge => {
+                    let e = DecodeError::TooLarge;
+                    self.refuse_packet(&socket, &peer, role, &e).await;
+                    continue;
+                }
+                Packet::End => break,
+                Packet::Bytes(bytes) => bytes,
+            };
+            let envelope = match decode_request(&bytes) {
                 Ok(env) => env,
                 Err(e) => {
                     self.refuse_packet(&socket, &peer, role, &e).await;
@@ -529,6 +527,10 @@ fn prepare_and_launch(
     let remove_cgroup = || {
         if let Some(dir) = &cgroup_dir {
             let _ = std::fs::remove_dir(dir);
+            // The user's directory too, when no other server of theirs has a cgroup.
+            if let Some(user_dir) = dir.parent() {
+                let _ = std::fs::remove_dir(user_dir);
+            }
         }
     };
     let mut argv = profile.command.clone();
@@ -589,16 +591,49 @@ fn prepare_and_launch(
     })
 }
 
+/// One received packet.
+enum Packet {
+    Bytes(Vec<u8>),
+    /// Larger than the protocol's maximum (the kernel truncated it).
+    TooLarge,
+    /// End of the connection (or an empty packet, which SOCK_SEQPACKET cannot tell apart).
+    End,
+}
+
+thread_local! {
+    /// One receive buffer of the protocol's maximum size per worker thread, instead of one per
+    /// connection: a thousand idle connections would otherwise keep 64 MiB resident.
+    static RECV_BUF: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; MAX_PACKET]);
+}
+
+/// Receives one packet, copying out only the bytes it holds. The thread's buffer is borrowed
+/// only inside one poll, never across an await.
+async fn recv_packet(socket: &UnixSeqpacket) -> std::io::Result<Packet> {
+    std::future::poll_fn(|cx| {
+        RECV_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            socket.poll_recv(cx, &mut buf).map_ok(|info| {
+                if info.truncated() {
+                    Packet::TooLarge
+                } else if info.bytes_read() == 0 {
+                    Packet::End
+                } else {
+                    Packet::Bytes(buf[..info.bytes_read()].to_vec())
+                }
+            })
+        })
+    })
+    .await
+}
+
 /// Answers the first request of a connection over a limit with `Busy` (its id when it comes
 /// within a second, else id 0), then closes it.
 async fn refuse_busy(socket: UnixSeqpacket, why: String) {
-    let mut buf = vec![0u8; MAX_PACKET];
-    let id = match tokio::time::timeout(std::time::Duration::from_secs(1), socket.recv(&mut buf))
+    let id = match tokio::time::timeout(std::time::Duration::from_secs(1), recv_packet(&socket))
         .await
     {
-        Ok(Ok(info)) if !info.truncated() => {
-            spawnd_protocol::peek_header(&buf[..info.bytes_read()]).map_or(0, |h| h.id)
-        }
+        Ok(Ok(Packet::Bytes(bytes))) => spawnd_protocol::peek_header(&bytes).map_or(0, |h| h.id),
         _ => 0,
     };
     send(&socket, id, &Response::Error(err(ErrorKind::Busy, why))).await;

@@ -499,7 +499,7 @@ impl Supervisor {
             };
             let adopted = match rec.exit {
                 Some(_) => Err("it had already exited".to_string()),
-                None => adopt(rec.pid, rec.start_ticks, rec.uid),
+                None => adopt(rec.pid, rec.start_ticks, rec.uid, rec.cgroup.as_deref()),
             };
             match adopted {
                 Ok(pidfd) => {
@@ -756,7 +756,12 @@ pub struct Recovery {
 /// Opens a pidfd to `pid` and checks that it is still the recorded process: same start time
 /// and same real uid. The pidfd is opened first and liveness checked after reading /proc, so
 /// the /proc data cannot belong to a process that replaced it.
-fn adopt(pid: i32, start_ticks: u64, uid: u32) -> Result<OwnedFd, String> {
+fn adopt(
+    pid: i32,
+    start_ticks: u64,
+    uid: u32,
+    cgroup: Option<&std::path::Path>,
+) -> Result<OwnedFd, String> {
     if pid <= 1 {
         return Err(format!("recorded pid {pid} is not a server"));
     }
@@ -768,6 +773,17 @@ fn adopt(pid: i32, start_ticks: u64, uid: u32) -> Result<OwnedFd, String> {
         ));
     }
     let real_uid = sys::process_uid(pid).map_err(|e| format!("pid {pid} is gone ({e})"))?;
+    // Start times have a clock tick's resolution: a process of the same user started in the
+    // same tick could match. A server also lives in its own cgroup, which nothing else enters.
+    if let Some(dir) = cgroup {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if !procs.lines().any(|p| p.trim() == pid.to_string()) {
+            return Err(format!(
+                "pid {pid} now belongs to another process (it is not in the server's cgroup {})",
+                dir.display()
+            ));
+        }
+    }
     if real_uid != uid {
         return Err(format!(
             "pid {pid} runs as uid {real_uid}, not the recorded uid {uid}"
@@ -800,7 +816,7 @@ fn recover_from_cgroup(
         .min()
         .ok_or_else(|| format!("no process of user {} leads a session in it", id.user))?;
     let (start_ticks, pid) = main;
-    let pidfd = adopt(pid, start_ticks, uid)?;
+    let pidfd = adopt(pid, start_ticks, uid, Some(cgroup))?;
     let now = epoch_secs(SystemTime::now());
     let timeouts = config.profile("");
     let ms = |d: Option<Duration>, dflt: u64| d.map_or(dflt, |d| d.as_millis() as u64);
