@@ -29,7 +29,7 @@ pub use daemon::{
     cgroup_v2_root, ready, standard_profiles,
 };
 pub use peer::{RawConn, RawRecv, connect_as, connect_root};
-pub use users::{TestGroup, TestUser, TestUsers, users};
+pub use users::{TestGroup, TestUser, TestUsers, add_test_user, remove_from_group, users};
 
 use std::time::{Duration, Instant};
 

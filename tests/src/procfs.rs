@@ -121,3 +121,29 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         .filter(|&p| ppid(p) == Some(parent) && is_alive(p))
         .collect()
 }
+
+/// The number of open descriptors of a process (entries in `/proc/PID/fd`).
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(proc_path(pid, "fd")).ok()?.count())
+}
+
+/// A `/proc/PID/status` line with a single number, such as `VmRSS:` (kB) or `Threads:`.
+pub fn status_number(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(proc_path(pid, "status")).ok()?;
+    let prefix = format!("{field}:");
+    let line = status.lines().find(|l| l.starts_with(&prefix))?;
+    line[prefix.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Resident memory of a process in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_number(pid, "VmRSS")
+}
+
+/// Children of `parent` that have exited and were never reaped (state `Z`).
+pub fn zombie_children(parent: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| ppid(p) == Some(parent) && state(p) == Some('Z'))
+        .collect()
+}

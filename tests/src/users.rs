@@ -128,6 +128,26 @@ fn create_all() -> TestUsers {
     }
 }
 
+/// Creates one more test user, `<prefix><tag>`, for a test that changes the user (removes it
+/// from a group, fills its process table, gives it no home) and so must not share A or B with
+/// tests running beside it. `tag` is lowercase ASCII letters; `useradd_args` come before the
+/// name (for example `["-M", "-G", &group]`). The user is removed with the others when the test
+/// process exits. Each tag may be used once per test process.
+pub fn add_test_user(tag: &str, useradd_args: &[&str]) -> TestUser {
+    assert!(
+        !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_lowercase()),
+        "a test user tag is lowercase ASCII letters, not {tag:?}"
+    );
+    let name = format!("{}{tag}", users().prefix);
+    add_user(&name, useradd_args)
+}
+
+/// `gpasswd -d USER GROUP` (retrying while another process holds the group file's lock).
+pub fn remove_from_group(user: &str, group: &str) {
+    let out = run_account_tool("gpasswd", &["-d", user, group]);
+    assert!(out.success(), "gpasswd -d {user} {group}: {out}");
+}
+
 fn take_process_lock() {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
