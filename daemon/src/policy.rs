@@ -24,6 +24,17 @@ fn denied(message: String) -> ErrorReply {
     ErrorReply::new(ErrorKind::PolicyDenied, message)
 }
 
+/// Users listed in `deny_users` are refused by name (before any NSS lookup).
+fn check_not_denied(name: &str, config: &Config) -> Result<(), ErrorReply> {
+    if config.deny_users.contains(name) {
+        return Err(denied(format!(
+            "user {name} is listed in deny_users in {}; remove it there to allow servers",
+            config.source.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The policy checks on a looked-up user (no I/O): not denied by name, not root, uid at least
 /// `min_uid`, a member of `group` (primary or supplementary).
 pub fn check_target(target: &Target, config: &Config) -> Result<(), ErrorReply> {
@@ -33,12 +44,7 @@ pub fn check_target(target: &Target, config: &Config) -> Result<(), ErrorReply> 
             "refusing to start a server for {name}: user id 0 (root) is never allowed"
         )));
     }
-    if config.deny_users.contains(name) {
-        return Err(denied(format!(
-            "user {name} is listed in deny_users in {}; remove it there to allow servers",
-            config.source.display()
-        )));
-    }
+    check_not_denied(name, config)?;
     if target.uid < config.min_uid {
         return Err(denied(format!(
             "user {name} has uid {} which is below min_uid {} (system accounts are refused); \
@@ -60,12 +66,7 @@ pub fn check_target(target: &Target, config: &Config) -> Result<(), ErrorReply> 
 /// Looks the user up (passwd + full group list) and applies [`check_target`]. Called at every
 /// start, so that group changes take effect at once.
 pub fn resolve_target(name: &str, config: &Config) -> Result<Target, ErrorReply> {
-    if config.deny_users.contains(name) {
-        return Err(denied(format!(
-            "user {name} is listed in deny_users in {}; remove it there to allow servers",
-            config.source.display()
-        )));
-    }
+    check_not_denied(name, config)?;
     let user = match User::from_name(name) {
         Ok(Some(u)) => u,
         Ok(None) => return Err(denied(format!("user {name} does not exist on this host"))),

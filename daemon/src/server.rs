@@ -409,8 +409,8 @@ impl Daemon {
     }
 
     async fn logs(&self, id: &ServerId, lines: u32) -> Reply {
-        let path = match self.supervisor.owner_and_log(id) {
-            Some((_, path)) => path,
+        let path = match self.supervisor.log_path(id) {
+            Some(path) => path,
             None => logs::log_path(&self.config().log_dir, &id.user, &id.server),
         };
         let (p, id2) = (path.clone(), id.clone());

@@ -347,9 +347,9 @@ impl Supervisor {
         })
     }
 
-    /// The uid a server runs as, and its log, if it is known.
-    pub fn owner_and_log(&self, id: &ServerId) -> Option<(u32, PathBuf)> {
-        self.table().get(id).map(|e| (e.uid, e.log_path.clone()))
+    /// The log file of a known server.
+    pub fn log_path(&self, id: &ServerId) -> Option<PathBuf> {
+        self.table().get(id).map(|e| e.log_path.clone())
     }
 
     /// Sends one signal to the server's main process.
