@@ -289,8 +289,9 @@ def fmt_ratio(a, b):
 
 
 class Run:
-    def __init__(self, quick):
+    def __init__(self, quick, parts=None):
         self.quick = quick
+        self.parts = parts
         self.pid = os.getpid()
         self.prefix = f"{NAME_BASE}{self.pid % 100000}"
         self.root = Path("/tmp") / f"{DIR_BASE}{self.pid}"
@@ -942,6 +943,8 @@ c.Spawner.http_timeout = 60
         for name, step in (("daemon", self.bench_daemon), ("spawners", self.bench_spawners),
                            ("nocgroup", self.bench_nocgroup), ("hub", self.bench_hubs),
                            ("scale", self.bench_scale)):
+            if self.parts is not None and name not in self.parts:
+                continue
             s0 = time.monotonic()
             p0 = cpu_pressure()
             try:
@@ -959,7 +962,8 @@ c.Spawner.http_timeout = 60
             kill_uid(pwd.getpwnam(u).pw_uid)
         s0 = time.monotonic()
         try:
-            self.bench_nofile_probe()
+            if self.parts is None or "nofile" in self.parts:
+                self.bench_nofile_probe()
         except Exception as e:  # noqa: BLE001
             self.fail("nofile_probe", e)
         self.results.setdefault("durations_s", {})["nofile_probe"] = time.monotonic() - s0
@@ -1024,13 +1028,19 @@ def main():
     p.add_argument("--out", help="write the report here (default: BENCHMARKS.md of the checkout "
                    "for a full run, nothing for --quick)")
     p.add_argument("--json", help="also write the raw results as JSON here")
+    p.add_argument("--parts", help="comma-separated parts to run (daemon, spawners, nocgroup, hub, "
+                   "scale, nofile); for profiling: a partial run writes no BENCHMARKS.md unless --out")
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (creates users, runs spawnd as root and sudo)")
     lock = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
     remove_leftovers()
-    r = Run(args.quick)
+    parts = args.parts.split(",") if args.parts else None
+    unknown = set(parts or ()) - {"daemon", "spawners", "nocgroup", "hub", "scale", "nofile"}
+    if unknown:
+        sys.exit(f"bench: unknown part(s) {', '.join(sorted(unknown))}; see --help")
+    r = Run(args.quick, parts)
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1047,7 +1057,8 @@ def main():
     text = report.render(r.results)
     if args.json:
         Path(args.json).write_text(json.dumps(r.results, indent=1))
-    out = args.out or (None if args.quick else str(HERE.parent / "BENCHMARKS.md"))
+    full = not args.quick and not args.parts
+    out = args.out or (str(HERE.parent / "BENCHMARKS.md") if full else None)
     if out:
         report.write(Path(out), text)
         log(f"wrote {out}")
