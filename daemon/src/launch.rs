@@ -1,13 +1,18 @@
 //! Starting a server process as its user.
 //!
 //! Everything that allocates (argument and environment arrays, the group list, paths) is
-//! computed in [`LaunchSpec::new`], before fork. Between fork and exec the child makes only
-//! async-signal-safe system calls, in this order: reset signals, enter the server's cgroup,
-//! `setsid`, `setgroups`, `setresgid`, `setresuid`, check that uid 0 cannot be regained, a new
-//! session keyring of its own, `chdir` to the home directory (as the user, so permissions are the user's), `umask`, stdin
-//! from /dev/null, stdout and stderr to the log, every other descriptor close-on-exec, `execve`.
-//! A failing step writes `(step, errno)` to a close-on-exec pipe and exits; the parent reads
-//! the pipe, so it learns the exact step and error, or (end of file) that exec succeeded.
+//! computed in [`LaunchSpec::new`], before the clone. The child is created with
+//! `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)` on x86_64 (see the `vfork` module:
+//! nothing is copied, and the child is born in its cgroup), and elsewhere, or on kernels that
+//! refuse those flags, with a copying clone3 or fork. Between the clone and exec the child
+//! makes only async-signal-safe system calls, in this order: reset signals, enter the server's
+//! cgroup (only where it was not born in it), `setsid`, `setgroups`, `setresgid`, `setresuid`,
+//! check that uid 0 cannot be regained, a new session keyring of its own, `chdir` to the home
+//! directory (as the user, so permissions are the user's), `umask`, stdin from /dev/null,
+//! stdout and stderr to the log, every other descriptor close-on-exec, the server's fd limit,
+//! `execve`. A failing step writes `(step, errno)` to a close-on-exec pipe and exits; the
+//! parent reads the pipe, so it learns the exact step and error, or (end of file) that exec
+//! succeeded.
 
 use std::ffi::{CString, c_char};
 use std::fmt;
@@ -354,18 +359,40 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
     // SAFETY: valid pointer to a sigset_t we own.
     unsafe { libc::sigemptyset(&mut empty_set) };
 
-    // With a cgroup, clone3(CLONE_INTO_CGROUP) creates the child inside it (a migration by
-    // writing cgroup.procs waits for an RCU grace period: milliseconds, more under load) and
-    // CLONE_PIDFD returns the pidfd with it. Kernels before 5.7 fall back to fork.
     let mut clone_pidfd: libc::c_int = -1;
     let mut pid = -1;
     let mut moved_at_birth = false;
-    if let Some(cg) = &spec.cgroup {
+    let cgroup_dir = spec.cgroup.as_ref().map(|cg| cg.dir.as_raw_fd());
+
+    // The fast way (x86_64): a vfork-like clone3 that shares the daemon's memory until exec,
+    // so nothing is copied, and creates the child inside its cgroup.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let child = vfork::Child {
+            spec: &spec,
+            empty_set: &empty_set,
+            report: write_end.as_raw_fd(),
+        };
+        match vfork::spawn(&child, cgroup_dir, &mut clone_pidfd) {
+            Ok(p) => {
+                pid = p;
+                moved_at_birth = true;
+            }
+            Err(e) if clone3_unsupported(&e) => clone_pidfd = -1,
+            Err(e) => return Err(parent_err("clone3", e)),
+        }
+    }
+
+    // Otherwise a copy of the process. With a cgroup, clone3(CLONE_INTO_CGROUP) creates the
+    // child inside it (a migration by writing cgroup.procs waits for an RCU grace period:
+    // milliseconds, more under load) and CLONE_PIDFD returns the pidfd with it. Kernels
+    // before 5.7 fall back to fork.
+    if let (true, Some(dir)) = (pid < 0, cgroup_dir) {
         let args = CloneArgs {
             flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
             pidfd: std::ptr::addr_of_mut!(clone_pidfd) as u64,
             exit_signal: libc::SIGCHLD as u64,
-            cgroup: cg.dir.as_raw_fd() as u64,
+            cgroup: dir as u64,
             ..CloneArgs::default()
         };
         // SAFETY: clone3 without CLONE_VM (or a stack) duplicates the process like fork. It
@@ -380,8 +407,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
         };
         if pid < 0 {
             let e = io::Error::last_os_error();
-            let unsupported = [libc::ENOSYS, libc::E2BIG, libc::EINVAL, libc::EOPNOTSUPP];
-            if !e.raw_os_error().is_some_and(|n| unsupported.contains(&n)) {
+            if !clone3_unsupported(&e) {
                 return Err(parent_err("clone3", e));
             }
         } else {
@@ -397,7 +423,8 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
         }
     }
     if pid == 0 {
-        // SAFETY: we are the freshly created child; child_setup never returns.
+        // SAFETY: we are the freshly created child (a copy, not sharing memory); child_setup
+        // never returns.
         unsafe { child_setup(&spec, &empty_set, write_end.as_raw_fd(), !moved_at_birth) }
     }
     drop(write_end);
@@ -453,6 +480,12 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
     })
 }
 
+/// Errors of clone3 that mean "this kernel cannot do that": fall back to an older way.
+fn clone3_unsupported(e: &io::Error) -> bool {
+    let unsupported = [libc::ENOSYS, libc::E2BIG, libc::EINVAL, libc::EOPNOTSUPP];
+    e.raw_os_error().is_some_and(|n| unsupported.contains(&n))
+}
+
 fn reap(pid: i32) {
     let mut status = 0;
     loop {
@@ -492,16 +525,32 @@ unsafe fn child_setup(
             };
         }
         // Rust ignores SIGPIPE, and ignored signals stay ignored across exec: restore every
-        // disposition and unblock everything, as a fresh process expects.
+        // disposition and unblock everything, as a fresh process expects. Raw system calls:
+        // glibc's wrappers refuse the two real-time signals it keeps for itself (32 and 33),
+        // which a parent of the daemon may have left ignored. An all-zero kernel sigaction is
+        // SIG_DFL with no flags and an empty mask.
+        let default_action = [0u64; 4];
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    default_action.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
             }
         }
-        let r = libc::pthread_sigmask(libc::SIG_SETMASK, empty_set, std::ptr::null_mut());
-        if r != 0 {
-            fail(report, Step::Signals, r);
-        }
+        check!(
+            Step::Signals,
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                std::ptr::from_ref(empty_set),
+                std::ptr::null_mut::<libc::sigset_t>(),
+                8usize
+            )
+        );
         if let (true, Some(cg)) = (enter_cgroup, &spec.cgroup) {
             // "0" moves the writing process itself into the cgroup, before it can fork.
             check!(
@@ -587,5 +636,184 @@ fn fail(report: RawFd, step: Step, errno: i32) -> ! {
     unsafe {
         libc::write(report, msg.as_ptr().cast(), msg.len());
         libc::_exit(127)
+    }
+}
+
+/// A vfork-like start: `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD [| CLONE_INTO_CGROUP])` on a
+/// stack of its own, as glibc's `posix_spawn` does with `clone`. The child shares the daemon's
+/// memory until it execs, so no page tables are copied (and no copy-on-write faults follow in
+/// the daemon), and the calling thread sleeps in the kernel until the child has exec'd or
+/// exited: when `spawn` returns, the child no longer uses its stack or anything of ours.
+///
+/// Why sharing memory with a child that becomes the user is safe:
+/// - the child runs only [`child_setup`] (async-signal-safe calls on data prepared before the
+///   clone, no allocation, no locks) on its own stack, and writes nothing the daemon reads
+///   except errno, in the TLS of the calling thread, which sleeps until the child is gone;
+/// - all signals are blocked across the clone, so none of the daemon's handlers can run in the
+///   child; the child resets every disposition (its table is its own: no CLONE_SIGHAND) before
+///   it unblocks them;
+/// - once the child changes its uid, the kernel marks the shared memory not dumpable, so the
+///   user cannot ptrace the child or read `/proc/PID/mem` in the moment before exec (that
+///   needs CAP_SYS_PTRACE); exec then gives the server a fresh address space.
+#[cfg(target_arch = "x86_64")]
+mod vfork {
+    use super::{CLONE_INTO_CGROUP, CLONE_PIDFD, CloneArgs, LaunchSpec, child_setup};
+    use std::ffi::c_void;
+    use std::io;
+    use std::os::fd::RawFd;
+
+    const CLONE_VM: u64 = 0x100;
+    const CLONE_VFORK: u64 = 0x4000;
+    /// The child's stack: `child_setup` needs a few hundred bytes; the rest is margin.
+    const STACK_SIZE: usize = 64 * 1024;
+    /// An inaccessible page below the stack, so that an overflow faults instead of writing
+    /// into whatever lies below.
+    const GUARD: usize = 4096;
+
+    /// What the child needs; it lives on the parent's stack, which the child does not use.
+    pub(super) struct Child<'a> {
+        pub spec: &'a LaunchSpec,
+        pub empty_set: &'a libc::sigset_t,
+        pub report: RawFd,
+    }
+
+    /// An anonymous mapping for the child's stack, with a guard page at its low end.
+    struct Stack {
+        base: *mut c_void,
+        len: usize,
+    }
+
+    impl Stack {
+        fn new() -> io::Result<Stack> {
+            let len = STACK_SIZE + GUARD;
+            // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let stack = Stack { base, len };
+            // SAFETY: the range lies inside the mapping made above.
+            let r = unsafe {
+                libc::mprotect(
+                    base.cast::<u8>().add(GUARD).cast(),
+                    STACK_SIZE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
+        }
+
+        /// The lowest usable address (the kernel starts the child at `low + STACK_SIZE`, which
+        /// is 16-byte aligned since the mapping is page aligned).
+        fn low(&self) -> u64 {
+            self.base as u64 + GUARD as u64
+        }
+    }
+
+    impl Drop for Stack {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses any more
+            // (the child has exec'd or exited before clone3 returned).
+            unsafe { libc::munmap(self.base, self.len) };
+        }
+    }
+
+    extern "C" fn entry(arg: *mut c_void) -> ! {
+        // SAFETY: `arg` is the `Child` passed to `spawn`, whose caller sleeps in clone3
+        // (CLONE_VFORK) until this process execs or exits, so it stays valid and unchanged.
+        let child = unsafe { &*(arg as *const Child<'_>) };
+        // SAFETY: we are the new child, on our own stack; child_setup never returns. The child
+        // was created inside its cgroup (or has none), so it need not enter one.
+        unsafe { child_setup(child.spec, child.empty_set, child.report, false) }
+    }
+
+    /// Starts the child; returns its pid once it has exec'd or exited, with its pidfd in
+    /// `pidfd`. An error is the kernel's answer to clone3.
+    pub(super) fn spawn(
+        child: &Child<'_>,
+        cgroup: Option<RawFd>,
+        pidfd: &mut libc::c_int,
+    ) -> io::Result<libc::pid_t> {
+        let stack = Stack::new()?;
+        let mut flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
+        if cgroup.is_some() {
+            flags |= CLONE_INTO_CGROUP;
+        }
+        let args = CloneArgs {
+            flags,
+            pidfd: std::ptr::from_mut(pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.low(),
+            stack_size: STACK_SIZE as u64,
+            cgroup: cgroup.map_or(0, |fd| fd as u64),
+            ..CloneArgs::default()
+        };
+        // SAFETY: sigset_t is plain data, initialised by sigfillset / pthread_sigmask below.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to local sigsets; only this thread's mask changes.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        }
+        // SAFETY: `args` describes a child on `stack` (alive until after this returns) that
+        // starts in `entry` with `child`, which outlives the call; see the module's comment.
+        let ret = unsafe { clone3(&args, entry, std::ptr::from_ref(child) as *mut c_void) };
+        // SAFETY: restores this thread's own mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        drop(stack);
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret as i32));
+        }
+        Ok(ret as libc::pid_t)
+    }
+
+    /// The raw clone3 system call. The child starts on the new stack with the registers of the
+    /// parent at the call, so it finds `f` and `arg` in r13 and r12 and calls `f(arg)`, which
+    /// never returns; the parent gets the child's pid or `-errno`.
+    ///
+    /// # Safety
+    /// `args` must carry a valid stack with CLONE_VM, `f` must never return, and `arg` must stay
+    /// valid until the child has exec'd or exited (CLONE_VFORK ensures that for the caller).
+    unsafe fn clone3(
+        args: &CloneArgs,
+        f: extern "C" fn(*mut c_void) -> !,
+        arg: *mut c_void,
+    ) -> i64 {
+        let ret: i64;
+        // SAFETY: see the function's contract. The child branch never falls through to the
+        // code after the asm block: it calls `f` on its own stack and `f` does not return.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") std::ptr::from_ref(args),
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") arg,
+                in("r13") f,
+                lateout("rcx") _,
+                lateout("r11") _,
+            );
+        }
+        ret
     }
 }

@@ -135,6 +135,14 @@ pub fn status_number(pid: u32, field: &str) -> Option<u64> {
     line[prefix.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// A `/proc/PID/status` mask in hexadecimal, such as `SigBlk:` or `CapEff:`.
+pub fn status_mask(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(proc_path(pid, "status")).ok()?;
+    let prefix = format!("{field}:");
+    let line = status.lines().find(|l| l.starts_with(&prefix))?;
+    u64::from_str_radix(line[prefix.len()..].trim(), 16).ok()
+}
+
 /// Resident memory of a process in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_number(pid, "VmRSS")

@@ -176,6 +176,18 @@ async fn check_started_server(d: &TestDaemon, hub: &Client, user: &TestUser, arg
         );
     }
 
+    // A fresh process's signal state: nothing blocked (the daemon blocks every signal around
+    // the clone), nothing ignored (the daemon ignores SIGPIPE; ignored signals survive exec),
+    // and no capabilities at all.
+    for field in ["SigBlk", "SigIgn", "CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(
+            procfs::status_mask(pid, field),
+            Some(0),
+            "{field} of {}'s server must be empty",
+            user.name
+        );
+    }
+
     // Place: home, own session, exactly fds 0 (/dev/null), 1 and 2 (the log).
     assert_eq!(procfs::cwd(pid), Some(user.home.clone()), "cwd");
     assert_eq!(
