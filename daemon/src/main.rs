@@ -210,6 +210,14 @@ async fn shutdown(daemon: &Daemon) {
         let (running, _) = daemon.supervisor().counts();
         tracing::info!("stopping; {running} servers keep running and will be re-adopted");
     }
+    let sup = daemon.supervisor().clone();
+    let flushed =
+        tokio::task::spawn_blocking(move || sup.flush_state(std::time::Duration::from_secs(10)))
+            .await
+            .unwrap_or(false);
+    if !flushed {
+        tracing::warn!("the state directory's last writes may not be on disk yet (fsync is slow)");
+    }
 }
 
 /// Tells systemd (when it started us with NOTIFY_SOCKET) how many servers run, and pets the

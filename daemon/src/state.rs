@@ -2,9 +2,16 @@
 //! change, so that a restarted daemon can find its servers again.
 //!
 //! Layout: `<state_dir>/servers/<user>/<server or @default>.json`. One file per server keeps
-//! every write O(1) however many servers run. Writes go to a temporary file in the same
-//! directory, which is fsynced, renamed over the record, and the directory fsynced. Nothing
-//! secret is recorded (no environment, no token).
+//! every write O(1) however many servers run. Nothing secret is recorded (no environment, no
+//! token).
+//!
+//! A write goes to a temporary file in the same directory, which is renamed over the record:
+//! atomic, and, once `save` returns, visible to any later daemon, since a daemon that crashes
+//! or is killed leaves the kernel's page cache behind. Making it durable against a crash of the
+//! whole machine (fsync of the file and of its directory) is left to a background thread that
+//! takes every record written meanwhile in one batch: a machine crash ends every server too,
+//! so no request needs to wait for the disk (on a busy disk that wait was the largest part of
+//! a start). [`StateDir::flush`] waits for the thread to catch up.
 
 use serde::{Deserialize, Serialize};
 use spawnd_protocol::{ExitStatus, ServerId};
@@ -12,6 +19,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
 
 /// The record format's version; bump on incompatible changes.
 pub const RECORD_VERSION: u32 = 1;
@@ -62,10 +71,98 @@ pub struct Unreadable {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    syncer: Syncer,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Work for the background thread that makes writes durable.
+#[derive(Debug)]
+enum SyncJob {
+    /// A written record (already renamed into place) and its directory.
+    File(File, PathBuf),
+    /// A directory whose entries changed (a record removed).
+    Dir(PathBuf),
+    /// Answer once everything sent before is durable.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The sender to the background thread, started at the first write (after the daemon has
+/// dropped its capabilities, which are per thread: a thread started earlier would keep them).
+#[derive(Debug, Clone, Default)]
+struct Syncer {
+    tx: std::sync::Arc<OnceLock<Option<mpsc::Sender<SyncJob>>>>,
+}
+
+impl Syncer {
+    /// Queues a job. Without the thread (it could not be started) the job is done here.
+    fn send(&self, root: &Path, job: SyncJob) {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel();
+            let root = root.to_path_buf();
+            std::thread::Builder::new()
+                .name("spawnd-fsync".into())
+                .spawn(move || sync_loop(&root, &rx))
+                .map_err(|e| tracing::warn!("no thread for state fsyncs, doing them inline: {e}"))
+                .ok()
+                .map(|_| tx)
+        });
+        let job = match tx {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        sync_batch(root, vec![job]);
+    }
+}
+
+fn sync_loop(root: &Path, rx: &mpsc::Receiver<SyncJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        sync_batch(root, batch);
+    }
+}
+
+/// Makes a batch durable: each file, then each directory once, then the root (which gains and
+/// loses the users' directories); answers the flushes last.
+fn sync_batch(root: &Path, batch: Vec<SyncJob>) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut flushes = Vec::new();
+    for job in batch {
+        match job {
+            SyncJob::File(file, dir) => {
+                if let Err(e) = file.sync_all() {
+                    tracing::error!(
+                        "could not make a server record in {} durable (fsync: {e}); it is \
+                         written, but a machine crash could lose it: check the disk",
+                        dir.display()
+                    );
+                }
+                dirs.push(dir);
+            }
+            SyncJob::Dir(dir) => dirs.push(dir),
+            SyncJob::Flush(done) => flushes.push(done),
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs.push(root.to_path_buf());
+    for dir in dirs {
+        match sync_dir(&dir) {
+            // A user's directory that was removed since: nothing left to sync in it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!("could not fsync {}: {e}; check the disk", dir.display()),
+            Ok(()) => {}
+        }
+    }
+    for done in flushes {
+        let _ = done.send(());
+    }
 }
 
 impl StateDir {
@@ -76,7 +173,10 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(&root)?;
-        Ok(StateDir { root })
+        Ok(StateDir {
+            root,
+            syncer: Syncer::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -89,7 +189,7 @@ impl StateDir {
             .join(format!("{}.json", crate::logs::server_file_stem(server)))
     }
 
-    /// Writes a record atomically and durably.
+    /// Writes a record atomically; it is made durable in the background (see the module).
     pub fn save(&self, record: &Record) -> io::Result<()> {
         let path = self.path(&record.user, &record.server);
         let dir = path.parent().unwrap_or(&self.root);
@@ -106,13 +206,17 @@ impl StateDir {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
-        let written = file.write_all(&bytes).and_then(|()| file.sync_all());
-        if let Err(e) = written {
+        if let Err(e) = file.write_all(&bytes) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, &path)?;
-        sync_dir(dir)
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.syncer
+            .send(&self.root, SyncJob::File(file, dir.to_path_buf()));
+        Ok(())
     }
 
     /// Forgets a server (after it has been stopped).
@@ -126,9 +230,20 @@ impl StateDir {
         let dir = path.parent().unwrap_or(&self.root);
         // Drop the user's directory when it is empty; fails harmlessly otherwise.
         if fs::remove_dir(dir).is_err() {
-            sync_dir(dir)?;
+            self.syncer
+                .send(&self.root, SyncJob::Dir(dir.to_path_buf()));
+        } else {
+            self.syncer
+                .send(&self.root, SyncJob::Dir(self.root.clone()));
         }
         Ok(())
+    }
+
+    /// Waits (at most `timeout`) until every write so far is durable; false on timeout.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        self.syncer.send(&self.root, SyncJob::Flush(tx));
+        rx.recv_timeout(timeout).is_ok()
     }
 
     /// Reads every record. A record that cannot be read or parsed is moved aside (renamed to
@@ -262,6 +377,34 @@ mod tests {
         s.remove("alice", "").unwrap();
         s.remove("alice", "").unwrap();
         assert_eq!(s.load_all().0.len(), 2);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn writes_are_visible_at_once_and_flush_waits_for_the_fsyncs() {
+        let d = tempdir("flush");
+        let s = StateDir::open(&d).unwrap();
+        // A clone shares the background thread: both writers' records are flushed.
+        let s2 = s.clone();
+        for i in 0..50 {
+            s.save(&record("alice", &format!("s{i}"))).unwrap();
+            s2.save(&record("bob", &format!("s{i}"))).unwrap();
+            // Visible before any fsync: a restarted daemon reads the page cache.
+            assert!(d.join(format!("servers/bob/s{i}.json")).exists());
+        }
+        s.remove("bob", "s0").unwrap();
+        assert!(s.flush(Duration::from_secs(30)), "flush did not answer");
+        assert!(s2.flush(Duration::from_secs(30)), "flush did not answer");
+        let (all, bad) = s.load_all();
+        assert!(bad.is_empty());
+        assert_eq!(all.len(), 99);
+        // No temporary file is left behind.
+        let tmp = fs::read_dir(d.join("servers/alice"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert_eq!(tmp, 0);
         fs::remove_dir_all(&d).unwrap();
     }
 

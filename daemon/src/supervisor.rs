@@ -215,6 +215,11 @@ impl Supervisor {
         .await;
     }
 
+    /// Waits (at most `timeout`) until every state write so far is durable.
+    pub fn flush_state(&self, timeout: Duration) -> bool {
+        self.state.flush(timeout)
+    }
+
     pub fn tree(&self) -> &TreeMode {
         &self.tree
     }
@@ -466,7 +471,8 @@ impl Supervisor {
                 _ => return Ok((instance, ExitStatus::Unknown)),
             }
         };
-        // Forget it on disk before answering: once Stop returns, no daemon will re-adopt it.
+        // Forget it in the state directory before answering: once Stop returns, no daemon will
+        // re-adopt it.
         self.persist_blocking(id.clone()).await;
         Ok((instance, status))
     }
