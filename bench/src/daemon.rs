@@ -119,11 +119,41 @@ pub fn rtt(
                 Err(e) => result = Err(e),
             }
         }
+        if result.is_ok() {
+            match blocking_polls(socket, &id, started.instance, iters, warmup) {
+                Ok(mut samples) => {
+                    out.insert("poll_blocking".into(), summary_json(&mut samples));
+                }
+                Err(e) => result = Err(e),
+            }
+        }
         client.stop(&id, instance, true).await?;
         result?;
         out.insert("cpu".into(), json!(cpu));
         Ok(Value::Object(out))
     })
+}
+
+/// Polls over a second connection through the client library's `BlockingClient` (blocking
+/// send and recv, no runtime).
+fn blocking_polls(
+    socket: &Path,
+    id: &ServerId,
+    instance: u64,
+    iters: usize,
+    warmup: usize,
+) -> Result<Vec<Duration>> {
+    let client = spawnd_client::BlockingClient::connect(socket)?;
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        client.poll(id, Some(instance))?;
+        let elapsed = t0.elapsed();
+        if i >= warmup {
+            samples.push(elapsed);
+        }
+    }
+    Ok(samples)
 }
 
 /// Polls over a second connection with bare blocking send/recv of the encoded request (no

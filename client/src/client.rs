@@ -1,10 +1,10 @@
 //! The async client: one connection, many concurrent calls, one reader task.
 
+use crate::calls::{self, Call, Incoming, Lister};
 use crate::{ClientError, connect};
 use spawnd_protocol::{
-    DaemonStatus, DecodeError, ExitStatus, LogTail, MAX_LIST_PAGE, MAX_PACKET, Polled, Request,
-    Response, ServerId, ServerInfo, ServerPage, StartRequest, Started, decode_response,
-    encode_request, peek_header,
+    DaemonStatus, ExitStatus, LogTail, MAX_PACKET, Polled, Request, Response, ServerId, ServerInfo,
+    ServerPage, StartRequest, Started, encode_request,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -214,7 +214,7 @@ impl Client {
                 io::Error::other(e),
             )
         })?;
-        connect::prepare_fd(&fd)?;
+        connect::prepare_fd(&fd, true)?;
         let socket = UnixSeqpacket::try_from(fd)
             .map_err(|e| ClientError::io("cannot register the socket with the tokio runtime", e))?;
         let socket = Arc::new(socket);
@@ -283,12 +283,15 @@ impl Client {
         }
     }
 
+    /// Sends a typed call and reads its answer.
+    async fn run<T>(&self, call: Call<T>) -> Result<T, ClientError> {
+        let (request, answer) = call.split();
+        answer(self.request(request).await?)
+    }
+
     /// Starts a server.
     pub async fn start(&self, request: StartRequest) -> Result<Started, ClientError> {
-        match self.request(Request::Start(request)).await? {
-            Response::Started(started) => Ok(started),
-            other => Err(unexpected("start", &other)),
-        }
+        self.run(calls::start(request)).await
     }
 
     /// The current state of a server; with `instance`, only if that is the current instance.
@@ -297,14 +300,7 @@ impl Client {
         server: &ServerId,
         instance: Option<u64>,
     ) -> Result<Polled, ClientError> {
-        let request = Request::Poll {
-            server: server.clone(),
-            instance,
-        };
-        match self.request(request).await? {
-            Response::Polled(polled) => Ok(polled),
-            other => Err(unexpected("poll", &other)),
-        }
+        self.run(calls::poll(server, instance)).await
     }
 
     /// Stops a server and waits until it is gone. Returns the instance that was stopped and how
@@ -315,15 +311,7 @@ impl Client {
         instance: Option<u64>,
         now: bool,
     ) -> Result<(u64, ExitStatus), ClientError> {
-        let request = Request::Stop {
-            server: server.clone(),
-            instance,
-            now,
-        };
-        match self.request(request).await? {
-            Response::Stopped { instance, exit } => Ok((instance, exit)),
-            other => Err(unexpected("stop", &other)),
-        }
+        self.run(calls::stop(server, instance, now)).await
     }
 
     /// Sends `signal` to the server's main process.
@@ -333,69 +321,36 @@ impl Client {
         instance: Option<u64>,
         signal: i32,
     ) -> Result<(), ClientError> {
-        let request = Request::Signal {
-            server: server.clone(),
-            instance,
-            signal,
-        };
-        match self.request(request).await? {
-            Response::Signalled => Ok(()),
-            other => Err(unexpected("signal", &other)),
-        }
+        self.run(calls::signal(server, instance, signal)).await
     }
 
     /// One page of the servers this caller may see, after `after`, at most `limit` (the daemon
-    /// refuses more than [`MAX_LIST_PAGE`]).
+    /// refuses more than [`MAX_LIST_PAGE`](spawnd_protocol::MAX_LIST_PAGE)).
     pub async fn list_page(
         &self,
         after: Option<ServerId>,
         limit: u32,
     ) -> Result<ServerPage, ClientError> {
-        match self.request(Request::List { after, limit }).await? {
-            Response::Servers(page) => Ok(page),
-            other => Err(unexpected("list", &other)),
-        }
+        self.run(calls::list_page(after, limit)).await
     }
 
     /// Every server this caller may see, following the pages to the end.
     pub async fn list(&self) -> Result<Vec<ServerInfo>, ClientError> {
-        let mut servers = Vec::new();
-        let mut after: Option<ServerId> = None;
-        loop {
-            let page = self.list_page(after.clone(), MAX_LIST_PAGE).await?;
-            servers.extend(page.servers);
-            match page.next {
-                None => return Ok(servers),
-                Some(next) => {
-                    if after.as_ref().is_some_and(|prev| next <= *prev) {
-                        return Err(ClientError::Protocol(format!(
-                            "the list of servers did not advance (next page after {next} again)"
-                        )));
-                    }
-                    after = Some(next);
-                }
-            }
+        let mut lister = Lister::default();
+        while let Some(page) = lister.next_page() {
+            lister.add(self.run(page).await?)?;
         }
+        Ok(lister.into_servers())
     }
 
     /// The last `lines` lines of a server's log.
     pub async fn logs(&self, server: &ServerId, lines: u32) -> Result<LogTail, ClientError> {
-        let request = Request::Logs {
-            server: server.clone(),
-            lines,
-        };
-        match self.request(request).await? {
-            Response::Logs(tail) => Ok(tail),
-            other => Err(unexpected("logs", &other)),
-        }
+        self.run(calls::logs(server, lines)).await
     }
 
     /// The daemon's version, uptime, counts and supervision mode.
     pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
-        match self.request(Request::Status).await? {
-            Response::Status(status) => Ok(status),
-            other => Err(unexpected("status", &other)),
-        }
+        self.run(calls::status()).await
     }
 }
 
@@ -407,26 +362,6 @@ fn is_disconnect(e: &io::Error) -> bool {
 }
 
 /// The name of a response variant, for error messages.
-fn response_name(response: &Response) -> &'static str {
-    match response {
-        Response::Error(_) => "Error",
-        Response::Started(_) => "Started",
-        Response::Polled(_) => "Polled",
-        Response::Stopped { .. } => "Stopped",
-        Response::Signalled => "Signalled",
-        Response::Servers(_) => "Servers",
-        Response::Logs(_) => "Logs",
-        Response::Status(_) => "Status",
-    }
-}
-
-fn unexpected(request: &'static str, response: &Response) -> ClientError {
-    ClientError::Unexpected {
-        request,
-        response: response_name(response),
-    }
-}
-
 /// Reads every packet from the daemon and hands each response to the call it answers, until
 /// the connection ends or becomes unusable; then fails every pending call.
 async fn read_loop(socket: Arc<UnixSeqpacket>, shared: Arc<Shared>) {
@@ -442,48 +377,12 @@ async fn read_loop(socket: Arc<UnixSeqpacket>, shared: Arc<Shared>) {
             break Failure::Disconnected;
         }
         let packet = &buf[..info.bytes_read().min(buf.len())];
-        if info.truncated() {
-            // The kernel keeps packet boundaries, so only this response is lost: fail its call
-            // when the header says whose it is, else the connection.
-            let reason = format!(
-                "spawnd sent a response larger than the protocol's limit of {MAX_PACKET} bytes; \
-                 it was refused"
-            );
-            match peek_header(packet) {
-                Ok(header) if header.id != 0 => {
-                    shared.deliver(header.id, Err(ClientError::Protocol(reason)));
-                    continue;
-                }
-                _ => break Failure::Protocol(reason),
+        match calls::interpret(packet, info.truncated()) {
+            // When no call waits for it, the call gave up (its future was dropped).
+            Incoming::Reply(id, reply) => {
+                shared.deliver(id, reply);
             }
-        }
-        match decode_response(packet) {
-            Ok(envelope) if envelope.id == 0 => {
-                // A response to no request: the daemon could not read one of our requests'
-                // headers, so some call would never be answered.
-                let said = match &envelope.body {
-                    Response::Error(reply) => format!(": {reply}"),
-                    other => format!(" with a {} response", response_name(other)),
-                };
-                break Failure::Protocol(format!(
-                    "spawnd answered a request it could not attribute (id 0){said}"
-                ));
-            }
-            Ok(envelope) => {
-                // When no call waits for it, the call gave up (its future was dropped).
-                shared.deliver(envelope.id, Ok(envelope.body));
-            }
-            Err(e @ (DecodeError::TooLarge | DecodeError::NoHeader)) => {
-                break Failure::Protocol(format!("spawnd sent an unreadable packet: {e}"));
-            }
-            Err(e) => {
-                let id = e.id();
-                if id == 0 {
-                    break Failure::Protocol(format!("spawnd sent an unreadable packet: {e}"));
-                }
-                let error = ClientError::Protocol(format!("spawnd's response is unreadable: {e}"));
-                shared.deliver(id, Err(error));
-            }
+            Incoming::Fatal(reason) => break Failure::Protocol(reason),
         }
     };
     shared.close(&failure);

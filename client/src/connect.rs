@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// First pause after a full backlog; doubled after each retry up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(1);
@@ -38,45 +38,82 @@ fn is_socket(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
-/// Connects to `path`, retrying while the listener's backlog is full until `timeout` has
-/// passed. Returns a connected, non-blocking, close-on-exec socket.
-pub(crate) async fn connect_fd(path: &Path, timeout: Duration) -> Result<OwnedFd, ClientError> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        match connect_once(path) {
-            Ok(fd) => return Ok(fd),
-            Err(Errno::EAGAIN) => {
+/// The retry policy of a connect: back off while the listener's backlog is full, until the
+/// deadline; every other failure is final.
+struct Retry<'a> {
+    path: &'a Path,
+    started: Instant,
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl<'a> Retry<'a> {
+    fn new(path: &'a Path, timeout: Duration) -> Retry<'a> {
+        let started = Instant::now();
+        Retry {
+            path,
+            started,
+            deadline: started + timeout,
+            backoff: MIN_BACKOFF,
+        }
+    }
+
+    /// After a failed attempt: how long to wait before the next one, or the error to give up
+    /// with.
+    fn after(&mut self, e: Errno) -> Result<Duration, ClientError> {
+        match e {
+            Errno::EAGAIN => {
                 let now = Instant::now();
-                if now >= deadline {
+                if now >= self.deadline {
                     return Err(ClientError::Busy {
-                        path: path.to_path_buf(),
-                        waited: now - started,
+                        path: self.path.to_path_buf(),
+                        waited: now - self.started,
                     });
                 }
-                tokio::time::sleep(backoff.min(deadline - now)).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let wait = self.backoff.min(self.deadline - now);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                Ok(wait)
             }
-            Err(Errno::EINTR) => {}
-            Err(e) => {
-                // connect(2) answers ECONNREFUSED for any existing non-socket path too; say which.
-                let e = match e {
-                    Errno::ECONNREFUSED if !is_socket(path) => Errno::ENOTSOCK,
-                    e => e,
-                };
-                return Err(ClientError::Connect {
-                    path: path.to_path_buf(),
-                    source: e.into(),
-                });
-            }
+            Errno::EINTR => Ok(Duration::ZERO),
+            // connect(2) answers ECONNREFUSED for any existing non-socket path too; say which.
+            Errno::ECONNREFUSED if !is_socket(self.path) => Err(ClientError::Connect {
+                path: self.path.to_path_buf(),
+                source: Errno::ENOTSOCK.into(),
+            }),
+            e => Err(ClientError::Connect {
+                path: self.path.to_path_buf(),
+                source: e.into(),
+            }),
         }
     }
 }
 
-/// Checks that `fd` is a `SOCK_SEQPACKET` socket and makes it non-blocking (a descriptor
-/// connected elsewhere may be blocking, which would stall the runtime).
-pub(crate) fn prepare_fd(fd: &OwnedFd) -> Result<(), ClientError> {
+/// Connects to `path`, retrying while the listener's backlog is full until `timeout` has
+/// passed. Returns a connected, non-blocking, close-on-exec socket.
+pub(crate) async fn connect_fd(path: &Path, timeout: Duration) -> Result<OwnedFd, ClientError> {
+    let mut retry = Retry::new(path, timeout);
+    loop {
+        match connect_once(path) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => tokio::time::sleep(retry.after(e)?).await,
+        }
+    }
+}
+
+/// [`connect_fd`] for a blocking caller: sleeps the thread between attempts.
+pub(crate) fn connect_fd_blocking(path: &Path, timeout: Duration) -> Result<OwnedFd, ClientError> {
+    let mut retry = Retry::new(path, timeout);
+    loop {
+        match connect_once(path) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => std::thread::sleep(retry.after(e)?),
+        }
+    }
+}
+
+/// Checks that `fd` is a `SOCK_SEQPACKET` socket and makes it non-blocking (for the async
+/// client: a blocking descriptor would stall the runtime) or blocking (for the blocking one).
+pub(crate) fn prepare_fd(fd: &OwnedFd, nonblocking: bool) -> Result<(), ClientError> {
     let ty = socket::getsockopt(fd, sockopt::SockType).map_err(|e| {
         ClientError::io(
             "the descriptor handed to the client is not a socket",
@@ -92,9 +129,14 @@ pub(crate) fn prepare_fd(fd: &OwnedFd) -> Result<(), ClientError> {
     let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL)
         .map_err(|e| ClientError::io("cannot read the socket's flags", e.into()))?;
     let flags = OFlag::from_bits_retain(flags);
-    if !flags.contains(OFlag::O_NONBLOCK) {
-        fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))
-            .map_err(|e| ClientError::io("cannot make the socket non-blocking", e.into()))?;
+    let wanted = if nonblocking {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    if wanted != flags {
+        fcntl(fd.as_fd(), FcntlArg::F_SETFL(wanted))
+            .map_err(|e| ClientError::io("cannot set the socket's blocking mode", e.into()))?;
     }
     Ok(())
 }

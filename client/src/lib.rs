@@ -21,6 +21,7 @@
 //! answer; [`ClientError::kind`] gives the daemon's error kind.
 
 mod blocking;
+mod calls;
 mod client;
 mod connect;
 mod error;

@@ -1,5 +1,6 @@
 use super::*;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use spawnd_protocol::MAX_LIST_PAGE;
 use spawnd_protocol::{
     Envelope, ErrorKind, ErrorReply, ServerState, VERSION, decode_request, encode_response,
 };
