@@ -156,6 +156,11 @@ def targets(r):
     if clone3:
         extra += (f"; the floor with a fresh cgroup entered by clone3(CLONE_INTO_CGROUP) is "
                   f"{us(clone3)}: {ratio(rust_start, clone3)}")
+    setpriv = med(get(d, "setpriv", "run"))
+    if setpriv:
+        extra += (f"; `setpriv --reuid --regid --init-groups /bin/true` (the issue's example, "
+                  f"which also looks the user up; run to exit) is {us(setpriv)}: "
+                  f"{ratio(rust_start, setpriv)}")
     rows.append([
         "start-to-running ≤ 2× bare fork + setgroups/setgid/setuid + exec",
         f"{us(rust_start)} vs {us(bare)}: **{ratio(rust_start, bare)}**{extra}",
