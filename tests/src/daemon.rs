@@ -75,6 +75,13 @@ impl Profile {
         }
     }
 
+    /// A profile that runs `argv` directly (no shell).
+    pub fn command(name: &str, argv: &[&str]) -> Profile {
+        let mut p = Profile::shell(name, "");
+        p.command = argv.iter().map(|s| (*s).to_owned()).collect();
+        p
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> Profile {
         self.env.push((name.into(), value.into()));
         self

@@ -13,6 +13,7 @@
 //!   throw-away thread, so the daemon sees that user in `SO_PEERCRED` / `SO_PEERGROUPS`.
 //! - [`procfs`] reads what the kernel says about a process (ids, groups, fds, environment).
 //! - [`RawConn`] is a bare `SOCK_SEQPACKET` connection for sending malformed packets.
+//! - [`sid`], [`start_req`], [`start`] and [`expect_err`] build requests and check answers.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`, then
 //! `cargo test -p spawnd-tests -- --test-threads=4`.
@@ -21,6 +22,7 @@ mod cmd;
 mod daemon;
 mod peer;
 pub mod procfs;
+mod requests;
 mod users;
 
 pub use cmd::{CmdOutput, run_with_timeout};
@@ -29,6 +31,7 @@ pub use daemon::{
     cgroup_v2_root, ready, standard_profiles,
 };
 pub use peer::{RawConn, RawRecv, connect_as, connect_root};
+pub use requests::{expect_err, sid, start, start_req};
 pub use users::{TestGroup, TestUser, TestUsers, add_test_user, remove_from_group, users};
 
 use std::time::{Duration, Instant};

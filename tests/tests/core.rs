@@ -3,15 +3,15 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
-use spawnd_client::{Client, ClientError};
+use spawnd_client::Client;
 use spawnd_protocol::{
     ErrorKind, ErrorReply, ExitStatus, LogTail, Request, Response, ServerId, ServerState,
-    StartRequest, Started,
+    StartRequest,
 };
 use spawnd_tests::{
     DEFAULT_PROFILE_ENV, DaemonOptions, PROFILE_PATH, Profile, RawConn, RawRecv, TestDaemon,
-    TestDir, TestUser, bin_path, connect_as, procfs, ready, require_root, run_with_timeout, users,
-    wait_for, wait_for_async,
+    TestDir, TestUser, bin_path, connect_as, expect_err, procfs, ready, require_root,
+    run_with_timeout, sid, start, start_req, users, wait_for, wait_for_async,
 };
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -21,10 +21,6 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-fn sid(user: &str, server: &str) -> ServerId {
-    ServerId::new(user, server)
-}
 
 /// The environment the hub sends in these tests: four allowed names, four that must be dropped.
 fn hub_env(user: &str) -> Vec<(String, String)> {
@@ -46,32 +42,13 @@ fn hub_env(user: &str) -> Vec<(String, String)> {
 /// The names of [`hub_env`] the default allow-list drops, sorted.
 const DROPPED: [&str; 4] = ["FOO", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH"];
 
-fn start_req(user: &str, server: &str, profile: &str) -> StartRequest {
+/// A start request as the hub sends it: [`hub_env`] and a port.
+fn hub_start_req(user: &str, server: &str, profile: &str) -> StartRequest {
     StartRequest {
-        server: sid(user, server),
-        profile: profile.to_owned(),
-        args: Vec::new(),
         env: hub_env(user),
         port: Some(48000),
+        ..start_req(user, server, profile)
     }
-}
-
-/// Unwraps a daemon error of `kind` (panics on success or any other error).
-#[track_caller]
-fn expect_err<T: std::fmt::Debug>(result: Result<T, ClientError>, kind: ErrorKind) -> ErrorReply {
-    match result {
-        Err(ClientError::Daemon(reply)) if reply.kind == kind => reply,
-        other => panic!("expected a {kind} error from the daemon, got {other:?}"),
-    }
-}
-
-/// Starts a server and fails the test with the daemon's answer if that does not work.
-async fn start(client: &Client, req: StartRequest) -> Started {
-    let what = format!("start {} (profile {:?})", req.server, req.profile);
-    client
-        .start(req)
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Asks for the log until a line contains `needle` (5 s at most).
@@ -127,7 +104,7 @@ fn assert_no_servers_running(d: &TestDaemon) {
 async fn check_started_server(d: &TestDaemon, hub: &Client, user: &TestUser, args: &[&str]) {
     let u = users();
     let server = sid(&user.name, "");
-    let mut req = start_req(&user.name, "", "");
+    let mut req = hub_start_req(&user.name, "", "");
     req.args = args.iter().map(|a| a.to_string()).collect();
     let started = start(hub, req).await;
     let pid = started.pid;
@@ -328,7 +305,7 @@ async fn start_runs_server_as_the_user_in_a_clean_environment() {
 fn expect_refused(d: &TestDaemon, user: &TestUser) {
     let conn = d.raw_as(user);
     let packet =
-        spawnd_protocol::encode_request(1, &Request::Start(start_req(&users().a.name, "", "")))
+        spawnd_protocol::encode_request(1, &Request::Start(hub_start_req(&users().a.name, "", "")))
             .expect("encode");
     match conn.send(&packet) {
         Ok(_) => {}
@@ -428,8 +405,8 @@ async fn self_service_user_manages_only_own_servers() {
     let hub = d.hub_client().await;
     let a_server = sid(&u.a.name, "");
     let b_server = sid(&u.b.name, "");
-    let a_started = start(&hub, start_req(&u.a.name, "", "")).await;
-    let b_started = start(&hub, start_req(&u.b.name, "", "")).await;
+    let a_started = start(&hub, hub_start_req(&u.a.name, "", "")).await;
+    let b_started = start(&hub, hub_start_req(&u.b.name, "", "")).await;
 
     let a = d.user_client(&u.a).await;
     assert_eq!(a.status().await.expect("status as A").your_role, "user");
@@ -452,7 +429,7 @@ async fn self_service_user_manages_only_own_servers() {
     expect_err(a.stop(&b_server, None, true).await, ErrorKind::Unauthorized);
     expect_err(a.signal(&b_server, None, 15).await, ErrorKind::Unauthorized);
     expect_err(
-        a.start(start_req(&u.a.name, "other", "")).await,
+        a.start(hub_start_req(&u.a.name, "other", "")).await,
         ErrorKind::Unauthorized,
     );
     assert!(
@@ -493,28 +470,28 @@ async fn start_policy_denials() {
     let nosuch = format!("{}nobody", u.prefix);
 
     let cases: Vec<(StartRequest, Vec<String>)> = vec![
-        (start_req("root", "", ""), vec!["root".into()]),
+        (hub_start_req("root", "", ""), vec!["root".into()]),
         (
-            start_req(&u.outsider.name, "", ""),
+            hub_start_req(&u.outsider.name, "", ""),
             vec![u.outsider.name.clone(), u.group.name.clone()],
         ),
         (
-            start_req(&u.system.name, "", ""),
+            hub_start_req(&u.system.name, "", ""),
             vec![u.system.name.clone(), "min_uid".into()],
         ),
-        (start_req(&nosuch, "", ""), vec![nosuch.clone()]),
+        (hub_start_req(&nosuch, "", ""), vec![nosuch.clone()]),
         (
-            start_req(&u.b.name, "", ""),
+            hub_start_req(&u.b.name, "", ""),
             vec![u.b.name.clone(), "deny".into()],
         ),
         (
-            start_req(&u.a.name, "", "nosuchprofile"),
+            hub_start_req(&u.a.name, "", "nosuchprofile"),
             vec!["nosuchprofile".into(), "default".into(), "int7".into()],
         ),
         (
             StartRequest {
                 args: vec!["--extra".into()],
-                ..start_req(&u.a.name, "", "noargs")
+                ..hub_start_req(&u.a.name, "", "noargs")
             },
             vec!["allow_args".into()],
         ),
@@ -562,7 +539,7 @@ async fn poll_reports_running_and_exit() {
     let hub = d.hub_client().await;
 
     let running = sid(&u.a.name, "");
-    let started = start(&hub, start_req(&u.a.name, "", "")).await;
+    let started = start(&hub, hub_start_req(&u.a.name, "", "")).await;
     let polled = hub
         .poll(&running, Some(started.instance))
         .await
@@ -575,7 +552,7 @@ async fn poll_reports_running_and_exit() {
     // A server that exits by itself: exit code 3, seen by polling (no fixed sleep first).
     let exiting = sid(&u.b.name, "ex");
     let t0 = Instant::now();
-    let ex = start(&hub, start_req(&u.b.name, "ex", "exit3")).await;
+    let ex = start(&hub, hub_start_req(&u.b.name, "ex", "exit3")).await;
     let exit = wait_exited(&hub, &exiting).await;
     assert_eq!(exit, ExitStatus::Code(3), "exit status of the exit3 server");
     assert!(
@@ -615,7 +592,7 @@ async fn poll_reports_running_and_exit() {
 
 async fn stop_int7(hub: &Client, user: &str) {
     let server = sid(user, "int7");
-    start(hub, start_req(user, "int7", "int7")).await;
+    start(hub, hub_start_req(user, "int7", "int7")).await;
     wait_log(hub, &server, ready::INT7).await;
     let (_, exit) = hub.stop(&server, None, false).await.expect("stop int7");
     assert_eq!(exit, ExitStatus::Code(7), "SIGINT first: the trap exits 7");
@@ -624,7 +601,7 @@ async fn stop_int7(hub: &Client, user: &str) {
 
 async fn stop_ignore(hub: &Client, user: &str) {
     let server = sid(user, "ignore");
-    let started = start(hub, start_req(user, "ignore", "ignore")).await;
+    let started = start(hub, hub_start_req(user, "ignore", "ignore")).await;
     wait_log(hub, &server, ready::IGNORE).await;
     let t0 = Instant::now();
     let (_, exit) = hub.stop(&server, None, false).await.expect("stop ignore");
@@ -644,7 +621,7 @@ async fn stop_ignore(hub: &Client, user: &str) {
 
 async fn stop_now(hub: &Client, user: &str) {
     let server = sid(user, "now");
-    start(hub, start_req(user, "now", "now")).await;
+    start(hub, hub_start_req(user, "now", "now")).await;
     wait_log(hub, &server, ready::NOW).await;
     let (_, exit) = hub.stop(&server, None, true).await.expect("stop now");
     assert_eq!(
@@ -657,7 +634,7 @@ async fn stop_now(hub: &Client, user: &str) {
 
 async fn stop_setsid(hub: &Client, user: &TestUser, cgroup_mode: bool) {
     let server = sid(&user.name, "setsid");
-    start(hub, start_req(&user.name, "setsid", "setsid")).await;
+    start(hub, hub_start_req(&user.name, "setsid", "setsid")).await;
     let log = wait_log(hub, &server, "child=").await;
     let child: u32 = log
         .lines
@@ -744,10 +721,10 @@ async fn stale_instance_is_not_found() {
     let hub = d.hub_client().await;
     let server = sid(&u.a.name, "");
 
-    let first = start(&hub, start_req(&u.a.name, "", "")).await;
+    let first = start(&hub, hub_start_req(&u.a.name, "", "")).await;
     wait_log(&hub, &server, ready::DEFAULT).await;
     expect_err(
-        hub.start(start_req(&u.a.name, "", "")).await,
+        hub.start(hub_start_req(&u.a.name, "", "")).await,
         ErrorKind::AlreadyRunning,
     );
     let (stopped, _) = hub
@@ -756,7 +733,7 @@ async fn stale_instance_is_not_found() {
         .expect("stop first");
     assert_eq!(stopped, first.instance);
 
-    let second = start(&hub, start_req(&u.a.name, "", "")).await;
+    let second = start(&hub, hub_start_req(&u.a.name, "", "")).await;
     assert_ne!(
         second.instance, first.instance,
         "each start is a new instance"
@@ -814,8 +791,9 @@ async fn malformed_packets_get_errors() {
     let u = users();
     let d = TestDaemon::start(DaemonOptions::default());
 
-    let valid = spawnd_protocol::encode_request(41, &Request::Start(start_req(&u.a.name, "", "")))
-        .expect("encode");
+    let valid =
+        spawnd_protocol::encode_request(41, &Request::Start(hub_start_req(&u.a.name, "", "")))
+            .expect("encode");
     let mut wrong_version = spawnd_protocol::encode_request(42, &Request::Status).expect("encode");
     assert_eq!(wrong_version[0], 1, "version 1 is one varint byte");
     wrong_version[0] = 2;
@@ -939,7 +917,7 @@ async fn spawnctl_lists_shows_logs_and_stops() {
     let u = users();
     let d = TestDaemon::start(DaemonOptions::default());
     let hub = d.hub_client().await;
-    let started = start(&hub, start_req(&u.a.name, "", "")).await;
+    let started = start(&hub, hub_start_req(&u.a.name, "", "")).await;
     wait_log(&hub, &sid(&u.a.name, ""), ready::DEFAULT).await;
 
     let list = d.spawnctl(&["list", "--json"]);

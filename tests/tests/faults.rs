@@ -8,10 +8,11 @@
 //! user" is exact even while the other tests of this file run beside it.
 
 use spawnd_client::{Client, ClientError};
-use spawnd_protocol::{ErrorKind, ErrorReply, ExitStatus, ServerId, ServerState, StartRequest};
+use spawnd_protocol::{ErrorKind, ErrorReply, ExitStatus, ServerState};
 use spawnd_tests::{
     CmdOutput, DaemonOptions, Profile, TestDaemon, TestDir, TestUser, add_test_user, bin_path,
-    procfs, remove_from_group, require_root, run_with_timeout, users, wait_for, wait_for_async,
+    expect_err, procfs, remove_from_group, require_root, run_with_timeout, sid, start_req, users,
+    wait_for, wait_for_async,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,29 +22,8 @@ use std::time::Duration;
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn sid(user: &str, server: &str) -> ServerId {
-    ServerId::new(user, server)
-}
-
-fn start_req(user: &str, server: &str, profile: &str) -> StartRequest {
-    StartRequest {
-        server: sid(user, server),
-        profile: profile.to_owned(),
-        args: Vec::new(),
-        env: Vec::new(),
-        port: None,
-    }
-}
-
-/// A profile that runs `argv` directly (no shell).
-fn command_profile(name: &str, argv: &[&str]) -> Profile {
-    let mut p = Profile::shell(name, "");
-    p.command = argv.iter().map(|s| (*s).to_owned()).collect();
-    p
-}
-
 fn sleeper() -> Profile {
-    command_profile("sleeper", &["/bin/sleep", "1000"])
+    Profile::command("sleeper", &["/bin/sleep", "1000"])
 }
 
 fn options(profiles: Vec<Profile>, default: &str) -> DaemonOptions {
@@ -57,15 +37,6 @@ fn options(profiles: Vec<Profile>, default: &str) -> DaemonOptions {
 /// A member of the notebook group with a home of its own.
 fn group_member(tag: &str) -> TestUser {
     add_test_user(tag, &["-m", "-G", &users().group.name])
-}
-
-/// Unwraps a daemon error of `kind` (panics on success or any other error).
-#[track_caller]
-fn expect_err<T: std::fmt::Debug>(result: Result<T, ClientError>, kind: ErrorKind) -> ErrorReply {
-    match result {
-        Err(ClientError::Daemon(reply)) if reply.kind == kind => reply,
-        other => panic!("expected a {kind} error from the daemon, got {other:?}"),
-    }
 }
 
 #[track_caller]
@@ -263,7 +234,7 @@ fn check_config_names_a_missing_or_unexecutable_program() {
         let config = dir.write_config(
             "bad.toml",
             &options(
-                vec![command_profile("default", &[&prog, "1000"])],
+                vec![Profile::command("default", &[&prog, "1000"])],
                 "default",
             ),
         );
@@ -286,7 +257,7 @@ async fn executable_removed_or_made_unusable_after_load_fails_cleanly() {
     let d = TestDaemon::start_in(
         dir,
         options(
-            vec![command_profile("default", &[&prog, "1000"])],
+            vec![Profile::command("default", &[&prog, "1000"])],
             "default",
         ),
     );
@@ -365,7 +336,7 @@ async fn missing_script_interpreter_is_named() {
     let prog = script.display().to_string();
     let d = TestDaemon::start_in(
         dir,
-        options(vec![command_profile("default", &[&prog])], "default"),
+        options(vec![Profile::command("default", &[&prog])], "default"),
     );
     let hub = d.hub_client().await;
     let admin = d.admin_client().await;

@@ -3,32 +3,18 @@
 //! processes; a server that outlives its daemon must be found again by pid + start time + uid.
 
 use spawnd_client::{Client, ClientError};
-use spawnd_protocol::{ErrorKind, ExitStatus, ServerId, ServerState, StartRequest, Started};
+use spawnd_protocol::{ErrorKind, ExitStatus, ServerId, ServerState, StartRequest};
 use spawnd_tests::{
-    DaemonOptions, Profile, TestDaemon, procfs, require_root, standard_profiles, users, wait_for,
-    wait_for_async,
+    DaemonOptions, Profile, TestDaemon, procfs, require_root, sid, standard_profiles, start,
+    start_req, users, wait_for, wait_for_async,
 };
 use std::time::Duration;
 
-fn sid(user: &str, server: &str) -> ServerId {
-    ServerId::new(user, server)
-}
-
 fn req(user: &str, server: &str, profile: &str) -> StartRequest {
     StartRequest {
-        server: sid(user, server),
-        profile: profile.into(),
-        args: vec![],
-        env: vec![],
         port: Some(8888),
+        ..start_req(user, server, profile)
     }
-}
-
-async fn start(c: &Client, r: StartRequest) -> Started {
-    let what = r.server.to_string();
-    c.start(r)
-        .await
-        .unwrap_or_else(|e| panic!("start {what}: {e}"))
 }
 
 fn kind<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorKind {

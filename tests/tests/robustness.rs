@@ -21,7 +21,7 @@ use spawnd_protocol::{
 };
 use spawnd_tests::{
     DaemonOptions, PROFILE_PATH, Profile, RawConn, RawRecv, TestDaemon, add_test_user, connect_as,
-    procfs, require_root, users, wait_for, wait_for_async,
+    procfs, require_root, sid, start_req, users, wait_for, wait_for_async,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,27 +32,6 @@ use std::time::{Duration, Instant};
 /// Held by the load tests, so that they measure the daemon and not each other. (Each test has
 /// its own runtime; tokio's mutex works across them.)
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn sid(user: &str, server: &str) -> ServerId {
-    ServerId::new(user, server)
-}
-
-fn start_req(user: &str, server: &str, profile: &str) -> StartRequest {
-    StartRequest {
-        server: sid(user, server),
-        profile: profile.to_owned(),
-        args: Vec::new(),
-        env: Vec::new(),
-        port: None,
-    }
-}
-
-/// A profile that runs `argv` directly (no shell).
-fn command_profile(name: &str, argv: &[&str]) -> Profile {
-    let mut p = Profile::shell(name, "");
-    p.command = argv.iter().map(|s| (*s).to_owned()).collect();
-    p
-}
 
 /// This test process opens many sockets: allow it its hard limit of descriptors.
 fn raise_fd_limit() {
@@ -1313,7 +1292,7 @@ async fn a_thousand_clients_times_100_requests_leave_no_growth() {
     raise_fd_limit();
     let u = users();
     let d = TestDaemon::start(load_options(
-        vec![command_profile("sleeper", &["/bin/sleep", "1000"])],
+        vec![Profile::command("sleeper", &["/bin/sleep", "1000"])],
         "sleeper",
         "max_connections = 2000\nmax_connections_per_uid = 1500",
     ));
@@ -1506,8 +1485,8 @@ async fn soak_start_stop_cycles_leak_nothing() {
     const WORKERS: usize = 8;
     let d = TestDaemon::start(load_options(
         vec![
-            command_profile("sleeper", &["/bin/sleep", "1000"]),
-            command_profile("quick", &["/bin/true"]),
+            Profile::command("sleeper", &["/bin/sleep", "1000"]),
+            Profile::command("quick", &["/bin/true"]),
         ],
         "sleeper",
         "",
