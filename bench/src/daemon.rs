@@ -111,18 +111,16 @@ pub fn rtt(
             }
             out.insert(op.to_string(), summary_json(&mut samples));
         }
-        if result.is_ok() {
-            match raw_polls(socket, &id, started.instance, iters, warmup) {
-                Ok(mut samples) => {
-                    out.insert("poll_raw".into(), summary_json(&mut samples));
-                }
-                Err(e) => result = Err(e),
+        type Polls = fn(&Path, &ServerId, u64, usize, usize) -> Result<Vec<Duration>>;
+        let others: [(&str, Polls); 2] =
+            [("poll_raw", raw_polls), ("poll_blocking", blocking_polls)];
+        for (key, polls) in others {
+            if result.is_err() {
+                break;
             }
-        }
-        if result.is_ok() {
-            match blocking_polls(socket, &id, started.instance, iters, warmup) {
+            match polls(socket, &id, started.instance, iters, warmup) {
                 Ok(mut samples) => {
-                    out.insert("poll_blocking".into(), summary_json(&mut samples));
+                    out.insert(key.into(), summary_json(&mut samples));
                 }
                 Err(e) => result = Err(e),
             }
