@@ -12,7 +12,8 @@
 //! stdout and stderr to the log, every other descriptor close-on-exec, the server's fd limit,
 //! `execve`. A failing step writes `(step, errno)` to a close-on-exec pipe and exits; the
 //! parent reads the pipe, so it learns the exact step and error, or (end of file) that exec
-//! succeeded.
+//! succeeded. A child that has not exec'd within [`set_launch_timeout`] (30 s) is killed by a
+//! watchdog, and the start fails saying so: the waiting thread is never held for good.
 
 use std::ffi::{CString, c_char};
 use std::fmt;
@@ -88,6 +89,17 @@ pub enum LaunchError {
     Child {
         step: Step,
         errno: i32,
+        spec: SpecSummary,
+    },
+    /// The child did not get to exec in time and was killed (see [`set_launch_timeout`]).
+    #[error(
+        "the server process of {} did not get as far as starting {} within {} s and was killed: \
+         it was stopped by a signal, or its home directory {} or the program is on a file \
+         system that hangs; check them and start again",
+        spec.user, spec.program, timeout.as_secs_f64(), spec.home
+    )]
+    TimedOut {
+        timeout: std::time::Duration,
         spec: SpecSummary,
     },
     /// The daemon could not fork or set up the launch.
@@ -218,6 +230,9 @@ pub struct LaunchSpec {
     log: OwnedFd,
     cgroup: Option<CgroupFds>,
     summary: SpecSummary,
+    /// Tests only: the child stops itself right before exec, as a user's SIGSTOP could.
+    #[cfg(test)]
+    stop_before_exec: bool,
 }
 
 // SAFETY: the raw pointers point into the CStrings owned by the same struct, which are never
@@ -306,6 +321,8 @@ impl LaunchSpec {
                 program: first.clone(),
                 home: input.home.to_string(),
             },
+            #[cfg(test)]
+            stop_before_exec: false,
         })
     }
 }
@@ -359,7 +376,8 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
     // SAFETY: valid pointer to a sigset_t we own.
     unsafe { libc::sigemptyset(&mut empty_set) };
 
-    let mut clone_pidfd: libc::c_int = -1;
+    // Until the exec, the watchdog may kill the child through the pidfd the kernel writes here.
+    let watch = watchdog::watch();
     let mut pid = -1;
     let mut moved_at_birth = false;
     let cgroup_dir = spec.cgroup.as_ref().map(|cg| cg.dir.as_raw_fd());
@@ -373,12 +391,12 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
             empty_set: &empty_set,
             report: write_end.as_raw_fd(),
         };
-        match vfork::spawn(&child, cgroup_dir, &mut clone_pidfd) {
+        match vfork::spawn(&child, cgroup_dir, watch.pidfd_slot()) {
             Ok(p) => {
                 pid = p;
                 moved_at_birth = true;
             }
-            Err(e) if clone3_unsupported(&e) => clone_pidfd = -1,
+            Err(e) if clone3_unsupported(&e) => {}
             Err(e) => return Err(parent_err("clone3", e)),
         }
     }
@@ -390,7 +408,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
     if let (true, Some(dir)) = (pid < 0, cgroup_dir) {
         let args = CloneArgs {
             flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
-            pidfd: std::ptr::addr_of_mut!(clone_pidfd) as u64,
+            pidfd: watch.pidfd_slot() as u64,
             exit_signal: libc::SIGCHLD as u64,
             cgroup: dir as u64,
             ..CloneArgs::default()
@@ -429,12 +447,17 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
     }
     drop(write_end);
 
+    let clone_pidfd = watch.pidfd();
     let pidfd = if clone_pidfd >= 0 {
         // SAFETY: the kernel returned this new (close-on-exec) pidfd through clone_args.
         Ok(unsafe { OwnedFd::from_raw_fd(clone_pidfd) })
     } else {
         // Our child cannot be reaped by anyone else, so this pidfd is for it and nothing else.
-        crate::sys::pidfd_open(pid)
+        let opened = crate::sys::pidfd_open(pid);
+        if let Ok(fd) = &opened {
+            watch.set_pidfd(fd.as_raw_fd());
+        }
+        opened
     };
 
     let mut report = [0u8; 5];
@@ -459,6 +482,14 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
             break;
         }
         got += n as usize;
+    }
+    // Before the pidfd can be closed: the watchdog no longer uses it after this.
+    if watch.finish() {
+        reap(pid);
+        return Err(LaunchError::TimedOut {
+            timeout: watchdog::timeout(),
+            spec: spec.summary.clone(),
+        });
     }
     if got == 0 {
         // End of file: the pipe was closed by a successful exec.
@@ -578,6 +609,14 @@ unsafe fn child_setup(
             || libc::syscall(libc::SYS_setuid, 0) == 0
         {
             fail(report, Step::RegainRoot, libc::EPERM);
+        }
+        #[cfg(test)]
+        if spec.stop_before_exec {
+            libc::syscall(
+                libc::SYS_kill,
+                libc::syscall(libc::SYS_getpid),
+                libc::SIGSTOP,
+            );
         }
         // Every process inherits its parent's session keyring: without a new one, all
         // servers would share the daemon's, and one user could read keys another stored.
@@ -739,12 +778,12 @@ mod vfork {
         unsafe { child_setup(child.spec, child.empty_set, child.report, false) }
     }
 
-    /// Starts the child; returns its pid once it has exec'd or exited, with its pidfd in
-    /// `pidfd`. An error is the kernel's answer to clone3.
+    /// Starts the child; returns its pid once it has exec'd or exited; the kernel writes its
+    /// pidfd to `pidfd` as it creates it. An error is the kernel's answer to clone3.
     pub(super) fn spawn(
         child: &Child<'_>,
         cgroup: Option<RawFd>,
-        pidfd: &mut libc::c_int,
+        pidfd: *mut libc::c_int,
     ) -> io::Result<libc::pid_t> {
         let stack = Stack::new()?;
         let mut flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
@@ -753,7 +792,7 @@ mod vfork {
         }
         let args = CloneArgs {
             flags,
-            pidfd: std::ptr::from_mut(pidfd) as u64,
+            pidfd: pidfd as u64,
             exit_signal: libc::SIGCHLD as u64,
             stack: stack.low(),
             stack_size: STACK_SIZE as u64,
@@ -815,5 +854,225 @@ mod vfork {
             );
         }
         ret
+    }
+}
+
+/// Sets how long a child may take from its creation to its exec before it is killed (30 s by
+/// default). The daemon's thread waits for the exec, and a child that never gets there (a user
+/// who stops it with SIGSTOP in the moment after it took their uid, a home directory on a
+/// file system that hangs) would otherwise hold that thread for good.
+pub fn set_launch_timeout(timeout: std::time::Duration) {
+    watchdog::set_timeout(timeout);
+}
+
+/// Kills children that have not exec'd within the timeout. One thread, started at the first
+/// launch (after the daemon dropped its capabilities: they are per thread), looks at the
+/// launches in progress a few times per timeout.
+mod watchdog {
+    use std::os::fd::BorrowedFd;
+    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, Once, PoisonError};
+    use std::time::{Duration, Instant};
+
+    static TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+    static PENDING: Mutex<Vec<Arc<Entry>>> = Mutex::new(Vec::new());
+    static THREAD: Once = Once::new();
+
+    pub(super) fn set_timeout(timeout: Duration) {
+        TIMEOUT_MS.store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn timeout() -> Duration {
+        Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed))
+    }
+
+    /// One launch in progress.
+    struct Entry {
+        since: Instant,
+        /// The child's pidfd once it exists (the kernel writes it here during clone3), else -1.
+        pidfd: AtomicI32,
+        killed: AtomicBool,
+    }
+
+    /// A registered launch; unregistered by [`Watch::finish`] or when dropped.
+    pub(super) struct Watch(Arc<Entry>);
+
+    pub(super) fn watch() -> Watch {
+        THREAD.call_once(|| {
+            let spawned = std::thread::Builder::new()
+                .name("spawnd-launch-watchdog".into())
+                .spawn(run);
+            if let Err(e) = spawned {
+                tracing::warn!("no launch watchdog thread, starts are not timed: {e}");
+            }
+        });
+        let entry = Arc::new(Entry {
+            since: Instant::now(),
+            pidfd: AtomicI32::new(-1),
+            killed: AtomicBool::new(false),
+        });
+        lock().push(entry.clone());
+        Watch(entry)
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, Vec<Arc<Entry>>> {
+        PENDING.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    impl Watch {
+        /// Where clone3 (CLONE_PIDFD) writes the child's pidfd.
+        pub(super) fn pidfd_slot(&self) -> *mut libc::c_int {
+            self.0.pidfd.as_ptr()
+        }
+
+        pub(super) fn pidfd(&self) -> libc::c_int {
+            self.0.pidfd.load(Ordering::Acquire)
+        }
+
+        /// For a child made by fork: its pidfd, opened after the fact.
+        pub(super) fn set_pidfd(&self, fd: libc::c_int) {
+            self.0.pidfd.store(fd, Ordering::Release);
+        }
+
+        /// Stops watching (the watchdog will not touch the pidfd afterwards); true if the
+        /// child was killed for taking too long.
+        pub(super) fn finish(self) -> bool {
+            self.unregister();
+            self.0.killed.load(Ordering::Acquire)
+        }
+
+        fn unregister(&self) {
+            lock().retain(|e| !Arc::ptr_eq(e, &self.0));
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            self.unregister();
+        }
+    }
+
+    fn run() {
+        loop {
+            let timeout = timeout();
+            std::thread::sleep(
+                (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            );
+            // The lock is held while signalling: a launch unregisters (under it) before it
+            // can close its pidfd, so the descriptor is still that child's.
+            let pending = lock();
+            for e in pending.iter() {
+                if e.killed.load(Ordering::Acquire) || e.since.elapsed() < timeout {
+                    continue;
+                }
+                let fd = e.pidfd.load(Ordering::Acquire);
+                if fd < 0 {
+                    continue;
+                }
+                // SAFETY: the pidfd stays open while its launch is registered (see above).
+                let pidfd = unsafe { BorrowedFd::borrow_raw(fd) };
+                match crate::sys::pidfd_send_signal(pidfd, libc::SIGKILL) {
+                    Ok(()) => {
+                        e.killed.store(true, Ordering::Release);
+                        tracing::warn!(
+                            "killed a server process that had not started its program after {} s",
+                            timeout.as_secs_f64()
+                        );
+                    }
+                    Err(err) => tracing::warn!("could not kill a stuck server process: {err}"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn spec_for_nobody() -> Option<LaunchSpec> {
+        let nobody = nix::unistd::User::from_name("nobody").ok().flatten()?;
+        let log: OwnedFd = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .ok()?
+            .into();
+        LaunchSpec::new(LaunchInput {
+            user: "nobody",
+            uid: nobody.uid.as_raw(),
+            gid: nobody.gid.as_raw(),
+            groups: &[nobody.gid.as_raw()],
+            home: "/",
+            argv: &["/bin/true".to_owned()],
+            env: &[],
+            umask: 0o022,
+            log,
+            cgroup: None,
+        })
+        .ok()
+    }
+
+    /// SIGKILLs every stopped child of this process.
+    fn kill_stopped_children() {
+        let me = std::process::id().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            if fields.first() == Some(&"T")
+                && fields.get(1) == Some(&me.as_str())
+                && let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+            {
+                // SAFETY: a stopped child of ours; kill(2) takes any pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    #[test]
+    fn a_child_that_never_reaches_exec_is_killed_and_reported() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (launches a process as the user nobody)");
+            return;
+        }
+        set_launch_timeout(Duration::from_millis(300));
+        let mut spec = spec_for_nobody().expect("a launch spec for the user nobody");
+        spec.stop_before_exec = true;
+        let t0 = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(launch(spec));
+        });
+        let Ok(result) = rx.recv_timeout(Duration::from_secs(10)) else {
+            // Do not leave the stopped child behind: it is ours, stopped, and run as nobody.
+            kill_stopped_children();
+            panic!("the launch of a child stopped before exec did not return within 10 s");
+        };
+        let err = result.expect_err("a stopped child must not count as started");
+        assert!(
+            matches!(err, LaunchError::TimedOut { .. }),
+            "expected a timeout, got {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("nobody") && message.contains("/bin/true"),
+            "{message}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the launch waited {:?}",
+            t0.elapsed()
+        );
+        // The watchdog leaves normal launches alone.
+        let launched = launch(spec_for_nobody().expect("spec")).expect("a normal launch");
+        let mut status = 0;
+        // SAFETY: our own child.
+        unsafe { libc::waitpid(launched.pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }
