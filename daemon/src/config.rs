@@ -301,6 +301,20 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if path.exists()
+            && let Err(message) = check_config_file(path)
+        {
+            return Err(ConfigError {
+                source: path.to_path_buf(),
+                problems: vec![Problem {
+                    key: "(file)".to_owned(),
+                    message: format!(
+                        "the configuration file must be root's and writable only by root: \
+                         {message}"
+                    ),
+                }],
+            });
+        }
         match fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, path),
             Err(e) => {
@@ -1251,10 +1265,21 @@ pub fn check_private_dir(path: &Path) -> Result<(), String> {
     walk(path, Target::PrivateDir)
 }
 
+/// The configuration file: whoever can change it decides who is an admin and what runs as
+/// every user, so it must be a regular file owned by root and not writable by group or others,
+/// reached through root-owned directories (as for [`check_private_dir`]). A relative path is
+/// taken from the current directory.
+pub fn check_config_file(path: &Path) -> Result<(), String> {
+    let path =
+        std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    walk(&path, Target::ConfigFile)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Executable,
     PrivateDir,
+    ConfigFile,
 }
 
 #[derive(Debug)]
@@ -1409,6 +1434,17 @@ fn check_final(path: &Path, meta: &fs::Metadata, target: Target) -> Result<(), S
                     mode & 0o7777,
                     path.display()
                 ));
+            }
+        }
+        Target::ConfigFile => {
+            if !meta.file_type().is_file() {
+                return Err(format!("{} is not a regular file", path.display()));
+            }
+            if meta.uid() != 0 {
+                return Err(not_root_owned(path, meta.uid(), false));
+            }
+            if mode & 0o022 != 0 {
+                return Err(group_or_other_writable(path, mode));
             }
         }
         Target::PrivateDir => {

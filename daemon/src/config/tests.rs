@@ -826,6 +826,48 @@ fn executable_system_binaries() {
 }
 
 #[test]
+fn config_file_must_be_roots_alone() {
+    if !needs_root("config_file_must_be_roots_alone") {
+        return;
+    }
+    let dir = TempDir::new("cfgfile");
+    let base = dir.path();
+    let config = base.join("spawnd.toml");
+    make_file(&config, 0o644);
+    check_config_file(&config).unwrap();
+
+    // Writable by others: anyone could make themselves an admin.
+    set_mode(&config, 0o666);
+    let e = check_config_file(&config).unwrap_err();
+    assert!(e.contains("writable by group or others (mode 0666)"), "{e}");
+    let e = Config::load(&config).unwrap_err().to_string();
+    assert!(
+        e.contains("must be root's and writable only by root") && e.contains("chmod go-w"),
+        "{e}"
+    );
+
+    // Owned by someone else.
+    set_mode(&config, 0o644);
+    nix::unistd::chown(&config, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let e = check_config_file(&config).unwrap_err();
+    assert!(e.contains("not root; run chown root"), "{e}");
+
+    // In a directory others can write to (the file could be replaced).
+    let open = base.join("open");
+    make_dir(&open, 0o777);
+    let inside = open.join("spawnd.toml");
+    make_file(&inside, 0o644);
+    let e = check_config_file(&inside).unwrap_err();
+    assert!(e.contains("(mode 0777)"), "{e}");
+
+    // A missing file is reported by the read, as before.
+    let e = Config::load(&base.join("missing.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot read the configuration file"), "{e}");
+}
+
+#[test]
 fn executable_bad_modes() {
     if !needs_root("executable_bad_modes") {
         return;
