@@ -43,7 +43,7 @@ fn open_dir(dir: impl AsFd, name: &str) -> io::Result<OwnedFd> {
 /// Opens (creating and rotating) the log of `server` for `user`, for appending. The user's
 /// directory is root-owned; it is readable by the user's group only when that group is the
 /// user's private group (named like the user), else by root alone. `keep` older generations
-/// are kept as `.1` … `.keep`.
+/// are kept as `.1` … `.keep`; an empty current log is reused instead of rotated.
 pub fn open_server_log(
     log_dir: &Path,
     user: &str,
@@ -87,7 +87,15 @@ pub fn open_server_log(
 
     let stem = server_file_stem(server);
     let name = format!("{stem}.log");
-    if keep > 0 {
+    // An empty log (a start that failed before the server wrote anything) is reused rather
+    // than rotated, so that failed retries do not push the last real log out.
+    let current_is_empty = nix::sys::stat::fstatat(
+        &dir,
+        name.as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0);
+    if keep > 0 && !current_is_empty {
         for generation in (1..keep).rev() {
             let from = format!("{name}.{generation}");
             let to = format!("{name}.{}", generation + 1);
@@ -179,6 +187,42 @@ mod tests {
             log_path(Path::new("/l"), "al", ""),
             Path::new("/l/al/@default.log")
         );
+    }
+
+    #[test]
+    fn rotation_keeps_generations_and_skips_empty_logs() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("rotation_keeps_generations_and_skips_empty_logs: skipped: needs root");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("spawnd-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let user_dir = root.join("alice");
+        let open = |n: u32| {
+            let (fd, _) = open_server_log(&root, "alice", 0, "s", 3).unwrap();
+            let mut f = std::fs::File::from(fd);
+            if n > 0 {
+                writeln!(f, "run {n}").unwrap();
+            }
+        };
+        let read = |name: &str| std::fs::read_to_string(user_dir.join(name)).unwrap_or_default();
+        open(1);
+        open(2);
+        // Two failed attempts that wrote nothing: run 2 stays the current log, run 1 the last.
+        open(0);
+        open(0);
+        assert_eq!(read("s.log"), "");
+        assert_eq!(read("s.log.1"), "run 2\n");
+        assert_eq!(read("s.log.2"), "run 1\n");
+        assert!(!user_dir.join("s.log.3").exists());
+        // The next real run reuses the empty file; the one after rotates as usual.
+        open(3);
+        open(4);
+        assert_eq!(read("s.log"), "run 4\n");
+        assert_eq!(read("s.log.1"), "run 3\n");
+        assert_eq!(read("s.log.2"), "run 2\n");
+        assert_eq!(read("s.log.3"), "run 1\n");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
