@@ -477,12 +477,25 @@ fn prepare_and_launch(
     r: &Reservation,
 ) -> Result<Started, ErrorReply> {
     let program = PathBuf::from(&profile.command[0]);
-    // Checked at load and again here: the file system may have changed since.
+    // Checked at load and again here: the file system may have changed since. A program that
+    // is missing or not executable is a broken host (SpawnFailed); one that someone other than
+    // root could change is refused (PolicyDenied).
     config::check_executable(&program).map_err(|e| {
-        err(
-            ErrorKind::PolicyDenied,
-            format!("profile {} is unsafe: {e}", profile.name),
-        )
+        use std::os::unix::fs::PermissionsExt;
+        let broken = std::fs::metadata(&program).map_or(true, |m| {
+            !m.is_file() || m.permissions().mode() & 0o111 == 0
+        });
+        if broken {
+            err(
+                ErrorKind::SpawnFailed,
+                format!("the program of profile {} cannot run: {e}", profile.name),
+            )
+        } else {
+            err(
+                ErrorKind::PolicyDenied,
+                format!("profile {} is unsafe: {e}", profile.name),
+            )
+        }
     })?;
     let env = policy::build_env(target, profile, &req.env);
     let (log, log_path) = logs::open_server_log(
