@@ -378,6 +378,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
 
     // Until the exec, the watchdog may kill the child through the pidfd the kernel writes here.
     let watch = watchdog::watch();
+    let mut method = Method::Fork;
     let mut pid = -1;
     let mut moved_at_birth = false;
     let cgroup_dir = spec.cgroup.as_ref().map(|cg| cg.dir.as_raw_fd());
@@ -395,6 +396,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
             Ok(p) => {
                 pid = p;
                 moved_at_birth = true;
+                method = Method::Vfork;
             }
             Err(e) if clone3_unsupported(&e) => {}
             Err(e) => return Err(parent_err("clone3", e)),
@@ -430,6 +432,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
             }
         } else {
             moved_at_birth = true;
+            method = Method::Clone3;
         }
     }
     if pid < 0 {
@@ -446,6 +449,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
         unsafe { child_setup(&spec, &empty_set, write_end.as_raw_fd(), !moved_at_birth) }
     }
     drop(write_end);
+    method.note(spec.cgroup.is_some());
 
     let clone_pidfd = watch.pidfd();
     let pidfd = if clone_pidfd >= 0 {
@@ -509,6 +513,41 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
         errno,
         spec: spec.summary.clone(),
     })
+}
+
+/// How a child was created; the daemon says once which one the host allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Method {
+    Vfork = 1,
+    Clone3 = 2,
+    Fork = 3,
+}
+
+impl Method {
+    /// Logs the method the first time it is used (and whenever it changes).
+    fn note(self, cgroup: bool) {
+        static LAST: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        if LAST.swap(self as u8, Ordering::Relaxed) == self as u8 {
+            return;
+        }
+        match (self, cgroup) {
+            (Method::Vfork, _) => tracing::info!(
+                "servers start with clone3(CLONE_VM|CLONE_VFORK), in their cgroup from birth"
+            ),
+            (Method::Clone3, _) => tracing::info!(
+                "servers start with a copying clone3 (no vfork-like clone3 here), in their \
+                 cgroup from birth"
+            ),
+            (Method::Fork, true) => tracing::warn!(
+                "servers start with fork: clone3 is not available (a kernel before 5.7, or a \
+                 seccomp filter that refuses it), so each enters its cgroup by writing \
+                 cgroup.procs, which waits for an RCU grace period: starts take milliseconds \
+                 longer"
+            ),
+            (Method::Fork, false) => tracing::info!("servers start with fork"),
+        }
+    }
 }
 
 /// Errors of clone3 that mean "this kernel cannot do that": fall back to an older way.
