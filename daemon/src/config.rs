@@ -116,7 +116,75 @@ const PROFILE_KEYS: &[&str] = &[
     "interrupt_timeout",
     "term_timeout",
     "kill_timeout",
+    "limits",
 ];
+
+/// A resource limit a profile may set for its servers (`[profiles.NAME.limits]`), as
+/// `limits.conf` does through PAM for a login: soft and hard both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Limit {
+    As,
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Memlock,
+    Nofile,
+    Nproc,
+    Stack,
+}
+
+impl Limit {
+    const ALL: [Limit; 9] = [
+        Limit::As,
+        Limit::Core,
+        Limit::Cpu,
+        Limit::Data,
+        Limit::Fsize,
+        Limit::Memlock,
+        Limit::Nofile,
+        Limit::Nproc,
+        Limit::Stack,
+    ];
+
+    /// The key in the configuration (the name `limits.conf` uses).
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::As => "as",
+            Limit::Core => "core",
+            Limit::Cpu => "cpu",
+            Limit::Data => "data",
+            Limit::Fsize => "fsize",
+            Limit::Memlock => "memlock",
+            Limit::Nofile => "nofile",
+            Limit::Nproc => "nproc",
+            Limit::Stack => "stack",
+        }
+    }
+
+    /// The `RLIMIT_*` resource.
+    pub fn resource(self) -> libc::__rlimit_resource_t {
+        match self {
+            Limit::As => libc::RLIMIT_AS,
+            Limit::Core => libc::RLIMIT_CORE,
+            Limit::Cpu => libc::RLIMIT_CPU,
+            Limit::Data => libc::RLIMIT_DATA,
+            Limit::Fsize => libc::RLIMIT_FSIZE,
+            Limit::Memlock => libc::RLIMIT_MEMLOCK,
+            Limit::Nofile => libc::RLIMIT_NOFILE,
+            Limit::Nproc => libc::RLIMIT_NPROC,
+            Limit::Stack => libc::RLIMIT_STACK,
+        }
+    }
+
+    /// Whether the limit counts bytes (and so takes K, M, G, T suffixes).
+    fn is_bytes(self) -> bool {
+        !matches!(self, Limit::Cpu | Limit::Nofile | Limit::Nproc)
+    }
+}
+
+/// A limit's value: a number, or `u64::MAX` (`RLIM_INFINITY`) for "unlimited".
+pub const UNLIMITED: u64 = libc::RLIM_INFINITY;
 
 /// Default for `max_connections`: open connections at once, all peers together.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
@@ -187,6 +255,8 @@ pub struct Profile {
     pub interrupt_timeout: Duration,
     pub term_timeout: Duration,
     pub kill_timeout: Duration,
+    /// Resource limits for the servers (soft = hard), sorted by limit.
+    pub limits: Vec<(Limit, u64)>,
 }
 
 impl Profile {
@@ -1181,6 +1251,8 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
         p,
     );
 
+    let limits = parse_limits(t.remove("limits"), &key("limits"), p);
+
     (p.0.len() == before).then(|| Profile {
         name: name.to_owned(),
         command,
@@ -1192,7 +1264,77 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
         interrupt_timeout,
         term_timeout,
         kill_timeout,
+        limits,
     })
+}
+
+/// `[profiles.NAME.limits]`: `KEY = number`, a size such as `"16G"` for the byte limits, or
+/// `"unlimited"`.
+fn parse_limits(value: Option<Value>, k: &str, p: &mut Problems) -> Vec<(Limit, u64)> {
+    let table = match value {
+        None => return Vec::new(),
+        Some(Value::Table(t)) => t,
+        Some(other) => {
+            p.wrong_type(k, "a table of LIMIT = value", &other);
+            return Vec::new();
+        }
+    };
+    let mut limits = Vec::new();
+    for (name, value) in table {
+        let Some(limit) = Limit::ALL.into_iter().find(|l| l.key() == name) else {
+            let known: Vec<&str> = Limit::ALL.iter().map(|l| l.key()).collect();
+            p.add(
+                k,
+                format!(
+                    "unknown limit {name:?}; the limits are {}",
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let unit = if limit.is_bytes() {
+            "bytes, or a size such as \"16G\" (K, M, G, T: powers of 1024)"
+        } else if limit == Limit::Cpu {
+            "seconds"
+        } else {
+            "a count"
+        };
+        let parsed = match &value {
+            Value::Integer(n) => u64::try_from(*n).ok(),
+            Value::String(s) if s == "unlimited" || s == "infinity" => Some(UNLIMITED),
+            Value::String(s) if limit.is_bytes() => parse_size(s),
+            _ => None,
+        };
+        match parsed {
+            Some(UNLIMITED) if limit == Limit::Nofile => p.add(
+                k,
+                "nofile cannot be unlimited on Linux; give a number (at most \
+                 /proc/sys/fs/nr_open)",
+            ),
+            Some(v) => limits.push((limit, v)),
+            None => p.add(
+                k,
+                format!("{name} = {value} is not a valid limit; give {unit}, or \"unlimited\""),
+            ),
+        }
+    }
+    limits.sort();
+    limits
+}
+
+/// `"512"`, `"64K"`, `"16G"` (powers of 1024) as bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        b'T' | b't' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 fn parse_umask(s: &str) -> Option<u32> {

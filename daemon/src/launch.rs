@@ -68,6 +68,7 @@ pub enum Step {
     Stdio = 9,
     Exec = 10,
     Keyring = 11,
+    Limits = 12,
 }
 
 impl Step {
@@ -75,6 +76,7 @@ impl Step {
         use Step::*;
         [
             Signals, Cgroup, Setsid, Setgroups, Setgid, Setuid, RegainRoot, Chdir, Stdio, Exec,
+            Keyring, Limits,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -119,6 +121,8 @@ pub struct SpecSummary {
     pub gid: u32,
     pub program: String,
     pub home: String,
+    /// The profile's resource limits, as `name=value` for messages.
+    pub limits: String,
 }
 
 fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
@@ -168,6 +172,13 @@ fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
             s.uid
         ),
         Step::Cgroup => format!("could not move the server of {user} into its cgroup: {err}"),
+        Step::Limits => format!(
+            "could not set the resource limits of the server of {user} ({}): {err}; spawnd can \
+             only lower limits, so a value above the daemon's own hard limit is refused (raise \
+             the daemon's, e.g. LimitMEMLOCK= or LimitNPROC= in spawnd.service, or lower the \
+             profile's)",
+            s.limits
+        ),
         Step::Keyring => format!(
             "refusing to run the server of {user}: it could not get a session keyring of its \
              own ({err}), and it must not share the daemon's with other users' servers"
@@ -205,6 +216,7 @@ impl fmt::Display for Step {
             Step::Stdio => "standard streams",
             Step::Exec => "exec",
             Step::Keyring => "session keyring",
+            Step::Limits => "resource limits",
         };
         f.write_str(s)
     }
@@ -225,8 +237,13 @@ pub struct LaunchSpec {
     home: CString,
     umask: libc::mode_t,
     dev_null: CString,
-    /// RLIMIT_NOFILE for the server (the daemon raised its own soft limit).
+    /// The profile's limits other than RLIMIT_NOFILE, set before the identity changes.
+    limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    /// RLIMIT_NOFILE for the server (the profile's, or the daemon's soft limit from before it
+    /// raised its own), set last.
     nofile: Option<libc::rlimit>,
+    /// Whether failing to set `nofile` fails the start (the profile asked for it).
+    nofile_required: bool,
     log: OwnedFd,
     cgroup: Option<CgroupFds>,
     summary: SpecSummary,
@@ -251,6 +268,8 @@ pub struct LaunchInput<'a> {
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
     pub umask: u32,
+    /// The profile's resource limits (soft = hard).
+    pub limits: &'a [(crate::config::Limit, u64)],
     /// Where stdout and stderr go.
     pub log: OwnedFd,
     /// The server's cgroup, if it has one.
@@ -299,6 +318,29 @@ impl LaunchSpec {
         argv_ptrs.push(std::ptr::null());
         let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|a| a.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
+        let rlimit = |v: u64| libc::rlimit {
+            rlim_cur: v,
+            rlim_max: v,
+        };
+        let mut limits = Vec::new();
+        let mut nofile = None;
+        for &(limit, value) in input.limits {
+            if limit == crate::config::Limit::Nofile {
+                nofile = Some(rlimit(value));
+            } else {
+                limits.push((limit.resource(), rlimit(value)));
+            }
+        }
+        let nofile_required = nofile.is_some();
+        let summary_limits = input
+            .limits
+            .iter()
+            .map(|(l, v)| match *v {
+                crate::config::UNLIMITED => format!("{}=unlimited", l.key()),
+                v => format!("{}={v}", l.key()),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(LaunchSpec {
             program,
             _argv: argv,
@@ -311,7 +353,9 @@ impl LaunchSpec {
             home: cstring("home directory", input.home, user)?,
             umask: input.umask as libc::mode_t,
             dev_null: c"/dev/null".to_owned(),
-            nofile: server_nofile(),
+            limits,
+            nofile: nofile.or_else(server_nofile),
+            nofile_required,
             log: input.log,
             cgroup: input.cgroup,
             summary: SpecSummary {
@@ -320,6 +364,7 @@ impl LaunchSpec {
                 gid: input.gid,
                 program: first.clone(),
                 home: input.home.to_string(),
+                limits: summary_limits,
             },
             #[cfg(test)]
             stop_before_exec: false,
@@ -629,6 +674,12 @@ unsafe fn child_setup(
             );
         }
         check!(Step::Setsid, libc::setsid());
+        // The profile's limits, before the identity changes (as PAM's limits.conf would be):
+        // setresuid then checks RLIMIT_NPROC against the user's processes, and exec fails
+        // with EAGAIN, which is reported, if the user already has too many.
+        for (resource, limit) in &spec.limits {
+            check!(Step::Limits, libc::setrlimit(*resource, limit));
+        }
         // Raw system calls, not glibc's wrappers: those broadcast the change to every thread
         // glibc knows of, taking locks that another thread of the daemon may have held when
         // clone3 copied the process. The child has one thread, so the raw calls cover it all.
@@ -694,8 +745,11 @@ unsafe fn child_setup(
         // Last, since the child still holds every descriptor the daemon had (they close at
         // exec): lowering the limit earlier would make the opens above fail with EMFILE.
         if let Some(limit) = &spec.nofile {
-            // Lowering a soft limit needs no privilege; a failure leaves the higher limit.
-            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+            // Lowering a limit needs no privilege. A failure leaves the daemon's limit: fatal
+            // only when the profile asked for this one.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 && spec.nofile_required {
+                fail(report, Step::Limits, *libc::__errno_location());
+            }
         }
         libc::execve(
             spec.program.as_ptr(),
@@ -1046,6 +1100,7 @@ mod tests {
             argv: &["/bin/true".to_owned()],
             env: &[],
             umask: 0o022,
+            limits: &[],
             log,
             cgroup: None,
         })

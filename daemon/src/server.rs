@@ -551,6 +551,7 @@ fn prepare_and_launch(
         argv: &argv,
         env: &vars,
         umask: profile.umask,
+        limits: &profile.limits,
         log,
         cgroup: cgroup_fds,
     })

@@ -57,6 +57,8 @@ pub struct Profile {
     pub interrupt_timeout: Option<f64>,
     pub term_timeout: Option<f64>,
     pub kill_timeout: Option<f64>,
+    /// `[profiles.NAME.limits]` entries: the limit's name and its TOML value as written.
+    pub limits: Vec<(String, String)>,
 }
 
 impl Profile {
@@ -72,6 +74,7 @@ impl Profile {
             interrupt_timeout: Some(5.0),
             term_timeout: Some(5.0),
             kill_timeout: Some(5.0),
+            limits: Vec::new(),
         }
     }
 
@@ -304,6 +307,11 @@ impl TestDir {
                 if let Some(v) = v {
                     t.push_str(&format!("{k} = {v:?}\n"));
                 }
+            }
+            if !p.limits.is_empty() {
+                let limits: Vec<String> =
+                    p.limits.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                t.push_str(&format!("limits = {{ {} }}\n", limits.join(", ")));
             }
         }
         t

@@ -11,8 +11,8 @@ use spawnd_client::{Client, ClientError};
 use spawnd_protocol::{ErrorKind, ErrorReply, ExitStatus, ServerState};
 use spawnd_tests::{
     CmdOutput, DaemonOptions, Profile, TestDaemon, TestDir, TestUser, add_test_user, bin_path,
-    expect_err, procfs, remove_from_group, require_root, run_with_timeout, sid, start_req, users,
-    wait_for, wait_for_async,
+    expect_err, procfs, remove_from_group, require_root, run_with_timeout, sid, start, start_req,
+    users, wait_for, wait_for_async,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -782,4 +782,85 @@ async fn user_removed_from_the_group_keeps_the_server_but_cannot_start_another()
         hub.start(start_req(&user.name, "", "")).await,
         ErrorKind::PolicyDenied,
     );
+}
+
+/// The hard limit of `resource` (a `/proc/PID/limits` row name such as "Max locked memory")
+/// of process `pid`, `None` for unlimited.
+fn hard_limit(pid: u32, row: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(row))
+        .unwrap_or_else(|| panic!("no {row:?} in /proc/{pid}/limits"));
+    let fields: Vec<&str> = line[row.len()..].split_whitespace().collect();
+    fields[1].parse().ok()
+}
+
+/// A profile's `limits` reach the server, soft and hard, as limits.conf would through PAM;
+/// a limit the daemon cannot grant (it can only lower its own) fails the start, naming the
+/// limits, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_limits_reach_the_server_or_fail_clearly() {
+    require_root!();
+    let user = group_member("lim");
+    let mut limited = Profile::command("limited", &["/bin/sleep", "1000"]);
+    limited.limits = [
+        ("nproc", "321"),
+        ("nofile", "777"),
+        ("as", "\"2G\""),
+        ("core", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let mut too_high = Profile::command("too_high", &["/bin/sleep", "1000"]);
+    too_high.limits = vec![("memlock".to_owned(), "\"unlimited\"".to_owned())];
+    let d = TestDaemon::start(options(vec![sleeper(), limited, too_high], "sleeper"));
+    let hub = d.hub_client().await;
+    let admin = d.admin_client().await;
+
+    let s = start(&hub, start_req(&user.name, "", "limited")).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.pid)).expect("limits");
+    for (row, value) in [
+        ("Max processes", "321"),
+        ("Max open files", "777"),
+        ("Max address space", "2147483648"),
+        ("Max core file size", "0"),
+    ] {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row:?} in {limits}"));
+        let fields: Vec<&str> = line[row.len()..].split_whitespace().collect();
+        assert_eq!(
+            (fields[0], fields[1]),
+            (value, value),
+            "{row} (soft, hard) of the server: {line}"
+        );
+    }
+    hub.stop(&sid(&user.name, ""), None, true)
+        .await
+        .expect("stop");
+
+    // Without the limits table, a server gets the daemon's limits as before.
+    let plain = start(&hub, start_req(&user.name, "", "sleeper")).await;
+    assert_eq!(
+        hard_limit(plain.pid, "Max processes"),
+        hard_limit(d.pid(), "Max processes"),
+        "a profile without limits passes the daemon's RLIMIT_NPROC through"
+    );
+    hub.stop(&sid(&user.name, ""), None, true)
+        .await
+        .expect("stop");
+
+    if hard_limit(d.pid(), "Max locked memory").is_none() {
+        eprintln!("the daemon's hard RLIMIT_MEMLOCK is unlimited here: no limit to exceed");
+        return;
+    }
+    let e = expect_err(
+        hub.start(start_req(&user.name, "", "too_high")).await,
+        ErrorKind::SpawnFailed,
+    );
+    assert_says(&e, &["resource limits", "memlock=unlimited", "only lower"]);
+    assert_left_nothing(&d, &admin, &user, "", &[]).await;
 }

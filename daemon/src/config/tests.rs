@@ -615,6 +615,67 @@ fn accepted_profile_values() {
 }
 
 #[test]
+fn profile_limits() {
+    let c = parse(&with_profile(
+        "limits = { nproc = 512, nofile = 4096, as = \"16G\", core = 0, stack = \"8m\", \
+         cpu = \"unlimited\", memlock = \"64K\", data = 1048576 }",
+    ))
+    .unwrap();
+    let limits = &c.profile("default").unwrap().limits;
+    assert_eq!(
+        limits,
+        &vec![
+            (Limit::As, 16 << 30),
+            (Limit::Core, 0),
+            (Limit::Cpu, UNLIMITED),
+            (Limit::Data, 1 << 20),
+            (Limit::Memlock, 64 << 10),
+            (Limit::Nofile, 4096),
+            (Limit::Nproc, 512),
+            (Limit::Stack, 8 << 20),
+        ]
+    );
+    // No limits table: none set (the daemon's own pass through, as before).
+    assert!(
+        parse(BASE)
+            .unwrap()
+            .profile("default")
+            .unwrap()
+            .limits
+            .is_empty()
+    );
+
+    let k = "profiles.default.limits";
+    assert_problem(
+        &with_profile("limits = { rss = 1 }"),
+        k,
+        "unknown limit \"rss\"",
+    );
+    assert_problem(
+        &with_profile("limits = { nproc = -1 }"),
+        k,
+        "nproc = -1 is not a valid",
+    );
+    assert_problem(
+        &with_profile("limits = { nproc = \"5K\" }"),
+        k,
+        "give a count",
+    );
+    assert_problem(
+        &with_profile("limits = { as = \"16Q\" }"),
+        k,
+        "a size such as",
+    );
+    assert_problem(&with_profile("limits = { cpu = 1.5 }"), k, "give seconds");
+    assert_problem(&with_profile("limits = 5"), k, "a table of LIMIT = value");
+    assert_problem(
+        &with_profile("limits = { nofile = \"unlimited\" }"),
+        k,
+        "nofile cannot be unlimited",
+    );
+}
+
+#[test]
 fn multiple_problems_at_once() {
     let text = "hub_user = \"root\"\ngroup = \"nogroup\"\nmin_uid = 0\nlog_keep = 500\n\
                 colour = \"blue\"\n[profiles.default]\ncommand = [\"relative\"]\numask = \"9\"\n\
