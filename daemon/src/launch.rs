@@ -130,11 +130,18 @@ fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
     let user = &s.user;
     match step {
         // Over RLIMIT_NPROC, the kernel lets setresuid succeed and fails the execve instead.
-        Step::Exec | Step::Setuid if errno == libc::EAGAIN => format!(
-            "could not start the server of {user}: the user has too many processes (RLIMIT_NPROC \
-             of the daemon, which servers inherit; under systemd LimitNPROC= in spawnd.service); \
-             stop some of the user's processes or raise the limit"
-        ),
+        Step::Exec | Step::Setuid if errno == libc::EAGAIN => {
+            let limit = if s.limits.contains("nproc=") {
+                "the profile's nproc limit"
+            } else {
+                "RLIMIT_NPROC of the daemon, which servers inherit; under systemd LimitNPROC= in \
+                 spawnd.service"
+            };
+            format!(
+                "could not start the server of {user}: the user has too many processes ({limit}); \
+                 stop some of the user's processes or raise the limit"
+            )
+        }
         Step::Exec if errno == libc::ENOENT && std::path::Path::new(&s.program).exists() => {
             match interpreter_of(&s.program) {
                 Some(interp) => format!(

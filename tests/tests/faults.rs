@@ -815,7 +815,9 @@ async fn profile_limits_reach_the_server_or_fail_clearly() {
     .collect();
     let mut too_high = Profile::command("too_high", &["/bin/sleep", "1000"]);
     too_high.limits = vec![("memlock".to_owned(), "\"unlimited\"".to_owned())];
-    let d = TestDaemon::start(options(vec![sleeper(), limited, too_high], "sleeper"));
+    let mut one = Profile::command("one", &["/bin/sleep", "1000"]);
+    one.limits = vec![("nproc".to_owned(), "1".to_owned())];
+    let d = TestDaemon::start(options(vec![sleeper(), limited, too_high, one], "sleeper"));
     let hub = d.hub_client().await;
     let admin = d.admin_client().await;
 
@@ -849,9 +851,21 @@ async fn profile_limits_reach_the_server_or_fail_clearly() {
         hard_limit(d.pid(), "Max processes"),
         "a profile without limits passes the daemon's RLIMIT_NPROC through"
     );
-    hub.stop(&sid(&user.name, ""), None, true)
-        .await
-        .expect("stop");
+
+    // nproc = 1 while the user already runs two processes (the kernel refuses once the count
+    // is over the limit): the start fails and says whose limit it was.
+    let extra = start(&hub, start_req(&user.name, "extra", "sleeper")).await;
+    let e = expect_err(
+        hub.start(start_req(&user.name, "second", "one")).await,
+        ErrorKind::SpawnFailed,
+    );
+    assert_says(&e, &["too many processes", "the profile's nproc limit"]);
+    assert_left_nothing(&d, &admin, &user, "second", &[plain.pid, extra.pid]).await;
+    for server in ["", "extra"] {
+        hub.stop(&sid(&user.name, server), None, true)
+            .await
+            .expect("stop");
+    }
 
     if hard_limit(d.pid(), "Max locked memory").is_none() {
         eprintln!("the daemon's hard RLIMIT_MEMLOCK is unlimited here: no limit to exceed");
