@@ -2,18 +2,20 @@
 //!
 //! Everything that allocates (argument and environment arrays, the group list, paths) is
 //! computed in [`LaunchSpec::new`], before the clone. The child is created with
-//! `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)` on x86_64 (see the `vfork` module:
-//! nothing is copied, and the child is born in its cgroup), and elsewhere, or on kernels that
-//! refuse those flags, with a copying clone3 or fork. Between the clone and exec the child
-//! makes only async-signal-safe system calls, in this order: reset signals, enter the server's
-//! cgroup (only where it was not born in it), `setsid`, `setgroups`, `setresgid`, `setresuid`,
-//! check that uid 0 cannot be regained, a new session keyring of its own, `chdir` to the home
-//! directory (as the user, so permissions are the user's), `umask`, stdin from /dev/null,
-//! stdout and stderr to the log, every other descriptor close-on-exec, the server's fd limit,
-//! `execve`. A failing step writes `(step, errno)` to a close-on-exec pipe and exits; the
-//! parent reads the pipe, so it learns the exact step and error, or (end of file) that exec
-//! succeeded. A child that has not exec'd within [`set_launch_timeout`] (30 s) is killed by a
-//! watchdog, and the start fails saying so: the waiting thread is never held for good.
+//! `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)` on x86_64 (see the
+//! `vfork` module: nothing is copied, and the child is born in its cgroup), and elsewhere, or
+//! on kernels that refuse those flags, with a copying clone3 or fork.
+//!
+//! Between the clone and exec the child makes only async-signal-safe system calls, in this
+//! order: reset signals, enter the server's cgroup (only where it was not born in it),
+//! `setsid`, the profile's resource limits, `setgroups`, `setresgid`, `setresuid`, check that
+//! uid 0 cannot be regained, a new session keyring of its own, `chdir` to the home directory
+//! (as the user, so permissions are the user's), `umask`, stdin from /dev/null, stdout and
+//! stderr to the log, every other descriptor close-on-exec, the server's fd limit, `execve`.
+//! A failing step writes `(step, errno)` to a close-on-exec pipe and exits; the parent reads
+//! the pipe, so it learns the exact step and error, or (end of file) that exec succeeded. A
+//! child that has not exec'd within [`set_launch_timeout`] (30 s) is killed by a watchdog, and
+//! the start fails saying so: the waiting thread is never held for good.
 
 use std::ffi::{CString, c_char};
 use std::fmt;
@@ -91,7 +93,7 @@ pub enum LaunchError {
     Child {
         step: Step,
         errno: i32,
-        spec: SpecSummary,
+        spec: Box<SpecSummary>,
     },
     /// The child did not get to exec in time and was killed (see [`set_launch_timeout`]).
     #[error(
@@ -102,7 +104,7 @@ pub enum LaunchError {
     )]
     TimedOut {
         timeout: std::time::Duration,
-        spec: SpecSummary,
+        spec: Box<SpecSummary>,
     },
     /// The daemon could not fork or set up the launch.
     #[error("could not start a process for user {user}: {what}: {source}")]
@@ -123,6 +125,8 @@ pub struct SpecSummary {
     pub home: String,
     /// The profile's resource limits, as `name=value` for messages.
     pub limits: String,
+    /// Whether the profile sets RLIMIT_NPROC (else the daemon's own applies).
+    pub sets_nproc: bool,
 }
 
 fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
@@ -131,7 +135,7 @@ fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
     match step {
         // Over RLIMIT_NPROC, the kernel lets setresuid succeed and fails the execve instead.
         Step::Exec | Step::Setuid if errno == libc::EAGAIN => {
-            let limit = if s.limits.contains("nproc=") {
+            let limit = if s.sets_nproc {
                 "the profile's nproc limit"
             } else {
                 "RLIMIT_NPROC of the daemon, which servers inherit; under systemd LimitNPROC= in \
@@ -372,6 +376,10 @@ impl LaunchSpec {
                 program: first.clone(),
                 home: input.home.to_string(),
                 limits: summary_limits,
+                sets_nproc: input
+                    .limits
+                    .iter()
+                    .any(|(l, _)| *l == crate::config::Limit::Nproc),
             },
             #[cfg(test)]
             stop_before_exec: false,
@@ -544,7 +552,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
         reap(pid);
         return Err(LaunchError::TimedOut {
             timeout: watchdog::timeout(),
-            spec: spec.summary.clone(),
+            spec: Box::new(spec.summary.clone()),
         });
     }
     if got == 0 {
@@ -563,7 +571,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Launched, LaunchError> {
     Err(LaunchError::Child {
         step,
         errno,
-        spec: spec.summary.clone(),
+        spec: Box::new(spec.summary.clone()),
     })
 }
 
