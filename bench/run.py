@@ -14,7 +14,6 @@ directory /tmp/spawnd-bench-<pid>, the cgroup /sys/fs/cgroup/unified/spawnd-benc
 
 import argparse
 import datetime
-import fcntl
 import grp
 import json
 import os
@@ -24,7 +23,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +30,23 @@ import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout (here and in tests/pylib)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "pylib"))
+import spawnd_host  # noqa: E402
+from spawnd_host import (  # noqa: E402 - the shared root-harness helpers
+    account_tool,
+    free_port,
+    kib,
+    kill_uid,
+    remove_cgroup_tree,
+    remove_group,
+    remove_user,
+    run,
+    summary,
+    take_lock,
+    wait_for,
+)
 
 PREFIX = Path("/opt/spawnd-dev")
 SPAWND = PREFIX / "bin" / "spawnd"
@@ -63,8 +78,6 @@ GAP_MS = 30
 # request's slot only after sending its answer, so a client that keeps exactly 64 in flight
 # races it and gets Busy answers (measured below as "window 64").
 WINDOW = 32
-MARK_BEGIN = "<!-- scripts/bench: generated from here -->"
-MARK_END = "<!-- scripts/bench: generated up to here -->"
 
 # (full, quick) sizes of every measurement.
 SIZES = {
@@ -92,200 +105,18 @@ def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-# --- processes, users ---------------------------------------------------------------------------
+spawnd_host.set_log(log)
 
 
-def run(cmd, timeout=120, check=False, **kw):
-    r = subprocess.run(
-        [str(c) for c in cmd],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,
-    )
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    return r
-
-
-def proc_status(pid):
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    out = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(":")
-        out[k] = v.strip()
-    return out
-
-
-def kib(pid, field):
-    st = proc_status(pid)
-    try:
-        return int(st[field].split()[0]) if st else None
-    except (KeyError, ValueError, IndexError):
-        return None
-
-
-def pids_of_uid(uid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        st = proc_status(entry)
-        if not st or st.get("State", "").startswith("Z"):
-            continue
-        if uid in [int(x) for x in st.get("Uid", "").split()]:
-            found.append(int(entry))
-    return found
-
-
-def kill_uid(uid):
-    for _ in range(200):
-        pids = pids_of_uid(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
-def account_tool(*args):
-    for _ in range(40):
-        r = run(args, timeout=60)
-        if r.returncode == 0 or ("lock" not in r.stderr and r.returncode != 10):
-            return r
-        time.sleep(0.25)
-    return r
-
-
-def remove_user(name):
-    try:
-        uid = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return
-    kill_uid(uid)
-    r = account_tool("userdel", "-r", "-f", name)
-    if r.returncode not in (0, 6, 12):
-        log(f"userdel -r -f {name} failed ({r.returncode}): {r.stderr.strip()}")
-
-
-def remove_group(name):
-    r = account_tool("groupdel", name)
-    if r.returncode not in (0, 6):
-        log(f"groupdel {name} failed ({r.returncode}): {r.stderr.strip()}")
-
-
-def wait_for(check, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = check()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def remove_cgroup_tree(base):
-    base = Path(base)
-    if not base.exists():
-        return
-    dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-    dirs.append(base)
-    for d in dirs:
-        try:
-            (d / "cgroup.kill").write_text("1")
-        except OSError:
-            pass
-    for d in dirs:
-        def empty(d=d):
-            try:
-                return "populated 0" in (d / "cgroup.events").read_text()
-            except OSError:
-                return True
-
-        wait_for(empty, 10, 0.02)
-        try:
-            d.rmdir()
-        except OSError as e:
-            log(f"rmdir {d}: {e}")
+# --- users, leftovers ----------------------------------------------------------------------------
 
 
 def remove_leftovers():
     """What crashed runs left: processes started from /tmp/spawnd-bench-* (daemons, hubs), our
     users (pattern + GECOS) with their processes, our groups, cgroups, directories, sudoers."""
-    own = f"{DIR_BASE}{os.getpid()}"
-    dirs = [d for d in Path("/tmp").glob(f"{DIR_BASE}*") if d.name != own]
-    if dirs:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(a.decode(errors="replace").startswith(str(d)) for d in dirs for a in args):
-                log(f"killing leftover process {entry}")
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    for line in Path("/etc/passwd").read_text().splitlines():
-        f = line.split(":")
-        if len(f) >= 5 and NAME_RE.match(f[0]) and f[4] == GECOS:
-            log(f"removing leftover bench user {f[0]}")
-            remove_user(f[0])
-    for line in Path("/etc/group").read_text().splitlines():
-        name = line.split(":")[0]
-        if NAME_RE.match(name):
-            log(f"removing leftover bench group {name}")
-            remove_group(name)
-    if CGROUP_ROOT.joinpath("cgroup.procs").exists():
-        for cg in CGROUP_ROOT.glob(f"{DIR_BASE}*"):
-            if cg.name != own:
-                log(f"removing leftover cgroup {cg}")
-                remove_cgroup_tree(cg)
-    for d in dirs:
-        log(f"removing leftover {d}")
-        shutil.rmtree(d, ignore_errors=True)
+    spawnd_host.remove_leftovers(DIR_BASE, NAME_RE, GECOS, CGROUP_ROOT, "bench")
     if SUDOERS.exists():
         SUDOERS.unlink()
-
-
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def fmt_us(v):
-    if v is None:
-        return "–"
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} s"
-    if v >= 1e3:
-        return f"{v / 1e3:.2f} ms"
-    return f"{v:.1f} µs"
-
-
-def fmt_ratio(a, b):
-    if not a or not b:
-        return "–"
-    r = a / b
-    if r >= 100:
-        return f"{r:.0f}×"
-    if r >= 10:
-        return f"{r:.1f}×"
-    return f"{r:.2f}×"
 
 
 class Run:
@@ -763,7 +594,7 @@ c.Spawner.http_timeout = 60
                 if i >= warmup:
                     spawn.append(t_ready)
                     stop.append(t_stop)
-            return {"spawn_to_ready": summary_s(spawn), "stop": summary_s(stop), "reps": reps}
+            return {"spawn_to_ready": summary(spawn), "stop": summary(stop), "reps": reps}
         finally:
             if hub.poll() is None:
                 hub.send_signal(signal.SIGTERM)
@@ -821,7 +652,7 @@ c.Spawner.http_timeout = 60
             if r.returncode != 0:
                 raise RuntimeError(f"spawnctl list --json: {r.stderr}")
         res["listed"] = len(json.loads(r.stdout))
-        res["spawnctl_list"] = summary_s(samples)
+        res["spawnctl_list"] = summary(samples)
         res["list_all"] = self.bench(["list-all", "--socket", sock, "--iters", self.size("list_iters")],
                                      as_hub=True)
         log("scale: poll all")
@@ -1006,21 +837,6 @@ def cpu_pressure():
     return 0
 
 
-def summary_s(samples):
-    """median/p99 of samples in seconds, in microseconds (as the Rust side reports)."""
-    if not samples:
-        return None
-    s = sorted(samples)
-    n = len(s)
-
-    def rank(p):
-        k = max(1, min(n, -(-p * n // 100)))
-        return s[int(k) - 1] * 1e6
-
-    return {"n": n, "median_us": rank(50), "p99_us": rank(99), "mean_us": sum(s) / n * 1e6,
-            "min_us": s[0] * 1e6, "max_us": s[-1] * 1e6}
-
-
 def main():
     p = argparse.ArgumentParser(description="spawnd benchmarks (see BENCHMARKS.md)")
     p.add_argument("--quick", action="store_true",
@@ -1033,8 +849,7 @@ def main():
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (creates users, runs spawnd as root and sudo)")
-    lock = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = take_lock(LOCK_PATH)
     remove_leftovers()
     parts = args.parts.split(",") if args.parts else None
     unknown = set(parts or ()) - {"daemon", "spawners", "nocgroup", "hub", "scale", "nofile"}
@@ -1070,6 +885,5 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.dont_write_bytecode = True  # no __pycache__ in the checkout
     sys.path.insert(0, str(HERE))
     main()

@@ -28,27 +28,15 @@ import resource
 import socket
 import sys
 import time
+from pathlib import Path
 
+# Its own process (the bench venv's Python, as the hub user or as root): puts tests/pylib on its
+# path itself, and writes no __pycache__ there (only for that import; the rest is unchanged).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "pylib"))
+_dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+from spawnd_host import kib, summary  # noqa: E402 - shared with bench/run.py
 
-def summary(samples):
-    """median and p99 (nearest rank) of samples in seconds, in microseconds."""
-    if not samples:
-        return None
-    s = sorted(samples)
-    n = len(s)
-
-    def rank(p):
-        k = max(1, min(n, -(-p * n // 100)))
-        return s[int(k) - 1] * 1e6
-
-    return {
-        "n": n,
-        "median_us": rank(50),
-        "p99_us": rank(99),
-        "mean_us": sum(s) / n * 1e6,
-        "min_us": s[0] * 1e6,
-        "max_us": s[-1] * 1e6,
-    }
+sys.dont_write_bytecode = _dont_write
 
 
 def cpu_self():
@@ -73,17 +61,6 @@ def cgroup_cpu(path):
     except OSError:
         pass
     return 0.0
-
-
-def proc_status_kib(pid, field):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def parent_of(pid):
@@ -184,7 +161,7 @@ async def actions(args):
         parent = parent_of(pid)
         extra_kib = 0
         if args.spawner == "sudo" and parent and parent > 1:
-            extra_kib = proc_status_kib(parent, "VmRSS") or 0
+            extra_kib = kib(parent, "VmRSS") or 0
         if keep:
             rows["start"].append(t_start)
             rows["listening"].append(t_listen)
@@ -228,12 +205,12 @@ async def actions(args):
             k: {c: v / max(1, counted[k]) * 1e3 for c, v in cpu[k].items()} for k in cpu
         },
         "children_peak_rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-        "self_rss_kib": proc_status_kib(os.getpid(), "VmRSS"),
+        "self_rss_kib": kib(os.getpid(), "VmRSS"),
         "resident_per_server_kib": max(resident) if resident else 0,
     }
     if args.daemon_pid:
-        out["daemon_rss_kib"] = proc_status_kib(args.daemon_pid, "VmRSS")
-        out["daemon_hwm_kib"] = proc_status_kib(args.daemon_pid, "VmHWM")
+        out["daemon_rss_kib"] = kib(args.daemon_pid, "VmRSS")
+        out["daemon_hwm_kib"] = kib(args.daemon_pid, "VmHWM")
     return out
 
 

@@ -9,11 +9,16 @@ the daemon's logs and `spawnctl list` are attached to its report.
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-import harness
+# No __pycache__ in the checkout for what is imported from here on: harness.py, tests/pylib
+# and test_hub.py (pytest's assertion rewriting honours the flag too).
+sys.dont_write_bytecode = True
+
+import harness  # noqa: E402
 
 if os.geteuid() != 0:
     pytest.skip(

@@ -8,21 +8,34 @@ cgroups), so these tests never touch what the Rust harness (`spwt`, `/tmp/spawnd
 and vice versa. A lock file keeps two runs of this suite from cleaning up each other.
 """
 
-import fcntl
 import json
 import os
 import pwd
 import grp
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pylib"))
+import spawnd_host  # noqa: E402
+from spawnd_host import (  # noqa: E402,F401 - the shared root-harness helpers (test_hub uses some)
+    account_tool,
+    free_port,
+    kill_uid,
+    pids_of_uid,
+    proc_status,
+    remove_cgroup_tree,
+    remove_group,
+    remove_user,
+    run,
+    wait_for,
+)
 
 PREFIX = Path("/opt/spawnd-dev")
 SPAWND = PREFIX / "bin" / "spawnd"
@@ -48,41 +61,16 @@ def log(msg):
     print(f"hub-tests: {msg}", flush=True)
 
 
+spawnd_host.set_log(log)
+
+
 # --- processes ---------------------------------------------------------------------------------
-
-
-def proc_status(pid):
-    """/proc/PID/status as a dict of field -> value string, or None if the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    out = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(":")
-        out[k] = v.strip()
-    return out
 
 
 def proc_alive(pid):
     """True while PID exists and is not a zombie."""
     st = proc_status(pid)
     return st is not None and not st.get("State", "").startswith("Z")
-
-
-def pids_of_uid(uid):
-    """Live (non-zombie) processes whose real, effective, saved or fs uid is `uid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        st = proc_status(int(entry))
-        if not st or st.get("State", "").startswith("Z"):
-            continue
-        uids = [int(x) for x in st.get("Uid", "").split()]
-        if uid in uids:
-            found.append(int(entry))
-    return found
 
 
 def describe_pids(pids):
@@ -94,49 +82,6 @@ def describe_pids(pids):
             cmd = "?"
         lines.append(f"  {pid}: {cmd.strip()}")
     return "\n".join(lines)
-
-
-def kill_uid(uid):
-    """SIGKILLs every process of `uid` (test users only) and waits until they are gone."""
-    for _ in range(100):
-        pids = pids_of_uid(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
-def wait_for(check, timeout, interval=0.1):
-    """Calls check() until it returns something truthy (returned) or `timeout` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = check()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd, timeout=60, check=False):
-    return subprocess.run(
-        [str(c) for c in cmd],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=check,
-    )
 
 
 def tail(path, lines=200, skip=()):
@@ -173,34 +118,6 @@ class User:
         return f"User({self.name}, uid={self.uid})"
 
 
-def _account_tool(*args):
-    """useradd/userdel/groupadd/groupdel, retried while another process holds the lock."""
-    for _ in range(40):
-        r = run(args, timeout=30)
-        if r.returncode == 0 or ("lock" not in r.stderr and r.returncode != 10):
-            return r
-        time.sleep(0.25)
-    return r
-
-
-def _remove_user(name):
-    try:
-        uid = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return
-    kill_uid(uid)
-    r = _account_tool("userdel", "-r", "-f", name)
-    # 6: no such user; 12: no home to remove.
-    if r.returncode not in (0, 6, 12):
-        log(f"userdel -r -f {name} failed ({r.returncode}): {r.stderr.strip()}")
-
-
-def _remove_group(name):
-    r = _account_tool("groupdel", name)
-    if r.returncode not in (0, 6):
-        log(f"groupdel {name} failed ({r.returncode}): {r.stderr.strip()}")
-
-
 class TestUsers:
     """hub (H, own group = the socket group, no home, not in G), a and b (members of G, with
     homes), outsider (not in G, with a home), and the group G."""
@@ -227,13 +144,13 @@ class TestUsers:
         return self
 
     def _add_group(self, name):
-        r = _account_tool("groupadd", name)
+        r = account_tool("groupadd", name)
         assert r.returncode == 0, f"groupadd {name}: {r.stderr}"
         self.created_groups.append(name)
         return name
 
     def _add_user(self, name, *extra):
-        r = _account_tool("useradd", "-c", GECOS, "-s", "/bin/sh", *extra, name)
+        r = account_tool("useradd", "-c", GECOS, "-s", "/bin/sh", *extra, name)
         assert r.returncode == 0, f"useradd {name}: {r.stderr}"
         self.created_users.append(name)
         return User(name)
@@ -243,89 +160,23 @@ class TestUsers:
 
     def remove(self):
         for name in reversed(self.created_users):
-            _remove_user(name)
+            remove_user(name)
         for name in reversed(self.created_groups):
-            _remove_group(name)
+            remove_group(name)
         self.created_users.clear()
         self.created_groups.clear()
 
 
 def take_lock():
     """Held (flock) for the life of this process: two runs never clean up each other."""
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    return spawnd_host.take_lock(LOCK_PATH)
 
 
 def remove_leftovers():
     """What crashed runs of this suite left: their users (name spwh<digits><letters> and our
     GECOS) with their processes, groups of that name pattern, daemons and hubs running from
     /tmp/spawnd-hubtest-* directories, those directories, and their cgroups."""
-    own = f"{DIR_BASE}{os.getpid()}"
-    dirs = [
-        d
-        for d in Path("/tmp").glob(f"{DIR_BASE}*")
-        if d.name != own
-    ]
-    if dirs:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(a.decode(errors="replace").startswith(str(d)) for d in dirs for a in args):
-                log(f"killing leftover process {entry}")
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    for line in Path("/etc/passwd").read_text().splitlines():
-        f = line.split(":")
-        if len(f) >= 5 and NAME_RE.match(f[0]) and f[4] == GECOS:
-            log(f"removing leftover test user {f[0]}")
-            _remove_user(f[0])
-    for line in Path("/etc/group").read_text().splitlines():
-        name = line.split(":")[0]
-        if NAME_RE.match(name):
-            log(f"removing leftover test group {name}")
-            _remove_group(name)
-    if CGROUP_V2_ROOT.joinpath("cgroup.procs").exists():
-        for cg in CGROUP_V2_ROOT.glob(f"{DIR_BASE}*"):
-            if cg.name != own:
-                log(f"removing leftover cgroup {cg}")
-                remove_cgroup_tree(cg)
-    for d in dirs:
-        log(f"removing leftover {d}")
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def remove_cgroup_tree(base):
-    """cgroup.kill in every cgroup under `base`, then rmdir them deepest first."""
-    base = Path(base)
-    if not base.exists():
-        return
-    dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-    dirs.append(base)
-    for d in dirs:
-        try:
-            (d / "cgroup.kill").write_text("1")
-        except OSError:
-            pass
-    for d in dirs:
-        def empty():
-            try:
-                return "populated 0" in (d / "cgroup.events").read_text()
-            except OSError:
-                return True
-
-        if not wait_for(empty, 5, 0.02):
-            log(f"processes survived cgroup.kill in {d}")
-        try:
-            d.rmdir()
-        except OSError as e:
-            log(f"rmdir {d}: {e}")
+    spawnd_host.remove_leftovers(DIR_BASE, NAME_RE, GECOS, CGROUP_V2_ROOT, "test")
 
 
 # --- the daemon --------------------------------------------------------------------------------
@@ -378,7 +229,7 @@ kill_timeout = 1
 """
         self.config.write_text(text)
         self.config.chmod(0o644)
-        r = run([SPAWND, "check-config", self.config])
+        r = run([SPAWND, "check-config", self.config], timeout=60)
         assert r.returncode == 0, f"spawnd check-config:\n{r.stdout}{r.stderr}\n{text}"
 
     def start(self):
