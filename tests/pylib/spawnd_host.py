@@ -196,7 +196,12 @@ def remove_leftovers(dir_base, name_re, gecos, cgroup_root, kind):
     directories; the harness's own (/tmp/<dir_base><this pid>) excepted. `kind` ("bench",
     "test") names the users and groups in the messages."""
     own = f"{dir_base}{os.getpid()}"
-    dirs = [d for d in Path("/tmp").glob(f"{dir_base}*") if d.name != own]
+
+    def a_run(p):
+        # Only what a run names <dir_base><its pid>: not, e.g., a report file CI writes there.
+        return p.name != own and p.name[len(dir_base):].isdigit() and p.is_dir()
+
+    dirs = [d for d in Path("/tmp").glob(f"{dir_base}*") if a_run(d)]
     if dirs:
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) == os.getpid():
@@ -224,7 +229,7 @@ def remove_leftovers(dir_base, name_re, gecos, cgroup_root, kind):
     cgroup_root = Path(cgroup_root)
     if cgroup_root.joinpath("cgroup.procs").exists():
         for cg in cgroup_root.glob(f"{dir_base}*"):
-            if cg.name != own:
+            if a_run(cg):
                 _log(f"removing leftover cgroup {cg}")
                 remove_cgroup_tree(cg)
     for d in dirs:
