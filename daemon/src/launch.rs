@@ -1045,18 +1045,15 @@ mod watchdog {
         /// Stops watching (the watchdog will not touch the pidfd afterwards); true if the
         /// child was killed for taking too long.
         pub(super) fn finish(self) -> bool {
-            self.unregister();
-            self.0.killed.load(Ordering::Acquire)
-        }
-
-        fn unregister(&self) {
-            lock().retain(|e| !Arc::ptr_eq(e, &self.0));
+            let entry = self.0.clone();
+            drop(self); // unregisters: the flag cannot change after this
+            entry.killed.load(Ordering::Acquire)
         }
     }
 
     impl Drop for Watch {
         fn drop(&mut self) {
-            self.unregister();
+            lock().retain(|e| !Arc::ptr_eq(e, &self.0));
         }
     }
 
