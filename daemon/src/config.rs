@@ -1398,6 +1398,12 @@ pub fn check_executable(path: &Path) -> Result<(), String> {
     walk(path, Target::Executable)
 }
 
+/// Whether `path` (followed through links) is missing, not a regular file or not executable:
+/// why [`check_executable`] fails on a broken install, as opposed to an unsafe one.
+pub fn executable_is_missing(path: &Path) -> bool {
+    fs::metadata(path).map_or(true, |m| !m.is_file() || m.mode() & 0o111 == 0)
+}
+
 /// A directory the daemon writes as root (socket dir, state dir, log root): must be owned by
 /// root and not writable by group or others; every ancestor (and every symbolic link on the
 /// way) must be owned by root and either not writable by group or others or sticky (like

@@ -481,11 +481,7 @@ fn prepare_and_launch(
     // is missing or not executable is a broken host (SpawnFailed); one that someone other than
     // root could change is refused (PolicyDenied).
     config::check_executable(&program).map_err(|e| {
-        use std::os::unix::fs::PermissionsExt;
-        let broken = std::fs::metadata(&program).map_or(true, |m| {
-            !m.is_file() || m.permissions().mode() & 0o111 == 0
-        });
-        if broken {
+        if config::executable_is_missing(&program) {
             err(
                 ErrorKind::SpawnFailed,
                 format!("the program of profile {} cannot run: {e}", profile.name),
