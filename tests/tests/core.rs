@@ -179,7 +179,11 @@ async fn check_started_server(d: &TestDaemon, hub: &Client, user: &TestUser, arg
         log_path.display(),
         d.log_dir().join(&user.name).display()
     );
-    let fds = procfs::fds(pid).expect("fds");
+    // (`sleep` has just been exec'd: its dynamic loader may hold a library open for a moment.)
+    let fds = wait_for(Duration::from_secs(5), || {
+        procfs::fds(pid).filter(|fds| fds.len() == 3)
+    })
+    .unwrap_or_else(|| procfs::fds(pid).expect("fds"));
     let expected_fds: BTreeMap<i32, PathBuf> = [
         (0, PathBuf::from("/dev/null")),
         (1, log_path.clone()),

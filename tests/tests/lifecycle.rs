@@ -95,8 +95,13 @@ async fn socket_activated_daemon_serves() {
     assert_eq!(status.your_role, "hub");
     let s = start(&hub, req(&u.a.name, "", "sleeper")).await;
     assert_eq!(procfs::status_ids(s.pid, "Uid").unwrap()[0], u.a.uid);
-    // The inherited listening socket must not leak into servers.
-    let fds = procfs::fds(s.pid).expect("server fds");
+    // The inherited listening socket must not leak into servers. Started is answered at the
+    // exec, while the dynamic loader may still hold a library open for a moment: wait for
+    // that to pass (a leaked socket would stay).
+    let settled = wait_for(Duration::from_secs(5), || {
+        procfs::fds(s.pid).filter(|fds| fds.len() == 3)
+    });
+    let fds = settled.unwrap_or_else(|| procfs::fds(s.pid).expect("server fds"));
     assert_eq!(
         fds.keys().copied().collect::<Vec<_>>(),
         vec![0, 1, 2],
