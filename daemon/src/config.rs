@@ -102,6 +102,7 @@ const TOP_KEYS: &[&str] = &[
     "max_connections_per_uid",
     "max_requests_in_flight",
     "first_request_timeout",
+    "launch_timeout",
     "default_profile",
     "profiles",
 ];
@@ -194,6 +195,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: u32 = 1024;
 pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: u32 = 64;
 /// Default for `first_request_timeout`: a peer that connects and sends nothing is dropped.
 pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for `launch_timeout`: a new server process that has not executed its program after
+/// this long (a home directory on a file system that hangs, a user who stopped it) is killed.
+pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connection limits (issue: a daemon every host relies on must survive floods).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +330,8 @@ pub struct Config {
     pub cgroup: CgroupSetting,
     pub on_shutdown: OnShutdown,
     pub limits: Limits,
+    /// How long a new server process may take to execute its program before it is killed.
+    pub launch_timeout: Duration,
     pub default_profile: String,
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -613,6 +620,20 @@ impl Config {
             first_request_timeout,
         };
 
+        let launch_timeout = take_seconds(
+            &mut table,
+            "launch_timeout",
+            "launch_timeout",
+            DEFAULT_LAUNCH_TIMEOUT,
+            &mut p,
+        );
+        if launch_timeout.is_zero() {
+            p.add(
+                "launch_timeout",
+                "0 would kill every server before it starts; give a number of seconds above 0",
+            );
+        }
+
         let default_profile =
             match take_string(&mut table, "default_profile", "default_profile", &mut p) {
                 Got::Absent => Some(DEFAULT_PROFILE.to_owned()),
@@ -691,6 +712,7 @@ impl Config {
             cgroup: cgroup.unwrap_or(CgroupSetting::Auto),
             on_shutdown: on_shutdown.unwrap_or_default(),
             limits,
+            launch_timeout,
             default_profile: default_profile.unwrap_or_default(),
             profiles,
         })

@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sd_notify::NotifyState;
 use spawnd::config::{self, Config, OnShutdown};
+use spawnd::launch::{Launcher, OWN_EXECUTABLE};
 use spawnd::server::Daemon;
 use spawnd::state::StateDir;
 use spawnd::supervisor::Supervisor;
@@ -39,17 +40,33 @@ enum Command {
         /// The file to check (default: --config).
         path: Option<PathBuf>,
     },
+    /// The launcher process the daemon starts for itself (its channel is descriptor 3); not
+    /// for use by hand.
+    #[command(hide = true)]
+    Launcher,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { path }) = cli.command {
-        let path = path.unwrap_or(cli.config);
-        return if config::check_config_command(&path) {
-            std::process::ExitCode::SUCCESS
-        } else {
-            std::process::ExitCode::FAILURE
-        };
+    match cli.command {
+        Some(Command::CheckConfig { path }) => {
+            let path = path.unwrap_or(cli.config);
+            return if config::check_config_command(&path) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            };
+        }
+        Some(Command::Launcher) => {
+            return match spawnd::launch::process::run() {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("spawnd-launcher: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     spawnd::logging::init();
     match run(&cli.config) {
@@ -83,10 +100,17 @@ fn run(config_path: &Path) -> Result<()> {
     let tree = TreeMode::detect(&config.cgroup);
     // One pidfd per server: allow as many descriptors as the hard limit (servers get the
     // original soft limit back before exec).
-    raise_nofile_limit();
+    let server_nofile = raise_nofile_limit();
     // Before any thread exists: capability sets are per thread.
-    let kept = spawnd::privileges::drop_to_needed().context("dropping capabilities")?;
+    let kept =
+        spawnd::privileges::reduce(&spawnd::privileges::DAEMON).context("dropping capabilities")?;
     tracing::info!(capabilities = ?kept, "capabilities reduced");
+    // The process that creates every server: started now, so that it is a fresh process
+    // executed from a daemon that holds no request yet (it shares nothing with the daemon
+    // afterwards either).
+    let launcher = Launcher::start(OWN_EXECUTABLE, server_nofile)
+        .context("could not start the launcher process")?;
+    tracing::info!(pid = launcher.pid(), "launcher ready");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,7 +157,7 @@ fn run(config_path: &Path) -> Result<()> {
             "ready"
         );
         let source = config.source.clone();
-        let daemon = Daemon::new(config, supervisor);
+        let daemon = Daemon::new(config, supervisor, launcher);
         tokio::spawn(daemon.clone().serve(listener));
         notify(&[NotifyState::Ready]);
         tokio::spawn(report_to_systemd(daemon.clone()));
@@ -249,18 +273,26 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (one pidfd per server).
-fn raise_nofile_limit() {
+/// Raises the soft RLIMIT_NOFILE to the hard limit (one pidfd per server). Returns the limit
+/// servers should get instead: the soft limit from before.
+fn raise_nofile_limit() -> Option<libc::rlimit> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => {
-            spawnd::launch::set_server_nofile_soft(soft);
             if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 tracing::warn!("could not raise the open-file limit to {hard}: {e}");
+                return None;
             }
+            Some(libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            })
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("could not read the open-file limit: {e}"),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("could not read the open-file limit: {e}");
+            None
+        }
     }
 }
 

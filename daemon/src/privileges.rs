@@ -1,33 +1,47 @@
-//! Least privilege for a root daemon: after start-up spawnd keeps only the capabilities it
-//! uses, in every set, and servers start with none.
+//! Least privilege for a root daemon: after start-up spawnd and its launcher keep only the
+//! capabilities each uses, and servers start with none.
 //!
-//! | capability | why spawnd keeps it |
-//! | --- | --- |
-//! | `CAP_SETUID`, `CAP_SETGID` | the child switches to the user (setgroups, setresgid, setresuid) before exec |
-//! | `CAP_KILL` | signals to servers, which run as other users (pidfd_send_signal, kill of a process group) |
-//! | `CAP_CHOWN` | each user's log directory and files are `root:<user's private group>`, and the socket `root:<socket_group>` |
+//! | capability | who keeps it | why |
+//! | --- | --- | --- |
+//! | `CAP_SETUID`, `CAP_SETGID` | the launcher | its child switches to the user (setgroups, setresgid, setresuid) before exec |
+//! | `CAP_KILL` | both | signals to servers, which run as other users (pidfd_send_signal, kill of a process group); the launcher kills a child that does not get to exec in time |
+//! | `CAP_CHOWN` | the daemon | each user's log directory and files are `root:<user's private group>`, and the socket `root:<socket_group>` |
 //!
-//! Everything else is dropped from the bounding set first (while `CAP_SETPCAP` is still held),
-//! then from the inheritable, permitted and effective sets; the ambient set is cleared. The
-//! daemon stays uid 0, so it still owns its root-owned directories, cgroups and state without
-//! `CAP_DAC_OVERRIDE`. Capability sets are per thread: [`drop_to_needed`] must run before any
-//! other thread exists (before the async runtime starts); every thread and child created
-//! afterwards inherits the reduced sets.
+//! The bounding set is reduced to these four first (while `CAP_SETPCAP` is still held); then
+//! the daemon's inheritable, permitted and effective sets to `CAP_KILL` and `CAP_CHOWN`; the
+//! ambient set is cleared. The launcher, which the daemon executes afterwards, gets the
+//! bounding set back as root does at exec, and keeps `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL`.
+//! Both stay uid 0, so they still own their root-owned directories, cgroups and state without
+//! `CAP_DAC_OVERRIDE`. Capability sets are per thread: [`reduce`] must run before any other
+//! thread exists; every thread and child created afterwards inherits the reduced sets.
 //!
-//! A server's child process switches every uid to the user's, which clears its permitted and
+//! A server's process switches every uid to the user's, which clears its permitted and
 //! effective sets (no `SECBIT_KEEP_CAPS`); the inheritable and ambient sets are empty, and the
-//! bounding set is the daemon's, so even a setuid-root or file-capability program run inside a
-//! server cannot gain more than these four capabilities.
+//! bounding set is these four, so even a setuid-root or file-capability program run inside a
+//! server cannot gain more than them.
 
 use caps::{CapSet, Capability, CapsHashSet};
 
-/// What spawnd needs at run time (see the module documentation).
-pub const NEEDED: [Capability; 4] = [
+/// Every capability any process of spawnd may ever hold: the bounding set.
+pub const BOUNDING: [Capability; 4] = [
     Capability::CAP_SETUID,
     Capability::CAP_SETGID,
     Capability::CAP_KILL,
     Capability::CAP_CHOWN,
 ];
+
+/// What the daemon keeps.
+pub const DAEMON: [Capability; 2] = [Capability::CAP_KILL, Capability::CAP_CHOWN];
+
+/// What the launcher keeps.
+pub const LAUNCHER: [Capability; 3] = [
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_KILL,
+];
+
+/// Without these no server can be started as its user.
+const REQUIRED: [Capability; 2] = [Capability::CAP_SETUID, Capability::CAP_SETGID];
 
 /// Why dropping failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,21 +63,17 @@ pub enum PrivilegeError {
     Missing { missing: String },
 }
 
-/// Reduces every capability set to [`NEEDED`] (intersected with what the process actually
-/// holds). Returns the capabilities kept. Call before any thread is started.
-pub fn drop_to_needed() -> Result<Vec<Capability>, PrivilegeError> {
+/// Reduces the bounding set to [`BOUNDING`] and every other set to `keep` (intersected with
+/// what the process actually holds). Returns the capabilities kept. Call before any thread is
+/// started.
+pub fn reduce(keep: &[Capability]) -> Result<Vec<Capability>, PrivilegeError> {
     let permitted = caps::read(None, CapSet::Permitted).map_err(|source| PrivilegeError::Read {
         set: "permitted",
         source,
     })?;
-    let keep: CapsHashSet = NEEDED
+    let missing: Vec<String> = REQUIRED
         .iter()
-        .copied()
-        .filter(|c| permitted.contains(c))
-        .collect();
-    let missing: Vec<String> = [Capability::CAP_SETUID, Capability::CAP_SETGID]
-        .iter()
-        .filter(|c| !keep.contains(c))
+        .filter(|c| !permitted.contains(c))
         .map(|c| c.to_string())
         .collect();
     if !missing.is_empty() {
@@ -71,13 +81,25 @@ pub fn drop_to_needed() -> Result<Vec<Capability>, PrivilegeError> {
             missing: missing.join(" and "),
         });
     }
+    let keep: CapsHashSet = keep
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
     let bounding = caps::read(None, CapSet::Bounding).map_err(|source| PrivilegeError::Read {
         set: "bounding",
         source,
     })?;
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        for cap in bounding.iter().filter(|c| !keep.contains(c)) {
-            caps::drop(None, CapSet::Bounding, *cap).map_err(|source| PrivilegeError::Set {
+    let surplus: Vec<Capability> = bounding
+        .iter()
+        .copied()
+        .filter(|c| !BOUNDING.contains(c))
+        .collect();
+    if surplus.is_empty() {
+        // Already reduced (the launcher inherits the daemon's bounding set).
+    } else if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in surplus {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|source| PrivilegeError::Set {
                 set: "bounding",
                 source,
             })?;

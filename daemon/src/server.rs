@@ -2,10 +2,11 @@
 
 use crate::auth::{self, Peer, Role};
 use crate::config::{self, Config, Profile};
-use crate::launch::{self, LaunchInput, LaunchSpec};
+use crate::launch::{LaunchInput, LaunchSpec, Launcher};
 use crate::logs;
 use crate::policy::{self, Target};
 use crate::supervisor::{NewServer, Reservation, StopTimeouts, Supervisor, Viewer};
+use crate::tree;
 use spawnd_protocol::{
     DaemonStatus, DecodeError, ErrorKind, ErrorReply, LogTail, MAX_LIST_PAGE, MAX_PACKET, Request,
     Response, ServerId, StartRequest, Started, decode_request, encode_response,
@@ -23,6 +24,8 @@ use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 pub struct Daemon {
     config: RwLock<Arc<Config>>,
     supervisor: Arc<Supervisor>,
+    /// Creates every server (a process of its own, see [`crate::launch`]).
+    launcher: Launcher,
     started: Instant,
     connections: Mutex<Connections>,
     /// The daemon's effective capabilities, read once (they do not change after start-up).
@@ -67,10 +70,11 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
 }
 
 impl Daemon {
-    pub fn new(config: Config, supervisor: Arc<Supervisor>) -> Arc<Daemon> {
+    pub fn new(config: Config, supervisor: Arc<Supervisor>, launcher: Launcher) -> Arc<Daemon> {
         Arc::new(Daemon {
             config: RwLock::new(Arc::new(config)),
             supervisor,
+            launcher,
             started: Instant::now(),
             connections: Mutex::new(Connections::default()),
             capabilities: crate::sys::effective_capabilities(),
@@ -521,41 +525,38 @@ fn prepare_and_launch(
                 format!("could not create the cgroup of {}: {e}", req.server),
             )
         })?;
-    let (cgroup_dir, cgroup_fds) = match cgroup {
-        Some((dir, fds)) => (Some(dir), Some(fds)),
+    let (cgroup_dir, cgroup_fd) = match cgroup {
+        Some((dir, fd)) => (Some(dir), Some(fd)),
         None => (None, None),
     };
+    // A start that fails leaves no cgroup behind (and nothing running in it).
     let remove_cgroup = || {
         if let Some(dir) = &cgroup_dir {
-            let _ = std::fs::remove_dir(dir);
-            // The user's directory too, when no other server of theirs has a cgroup.
-            if let Some(user_dir) = dir.parent() {
-                let _ = std::fs::remove_dir(user_dir);
-            }
+            tree::discard(dir);
         }
     };
     let mut argv = profile.command.clone();
     argv.extend(req.args.iter().cloned());
     let vars: Vec<(String, String)> = env.vars.into_iter().collect();
-    let home = target.home.to_string_lossy();
     let spec = LaunchSpec::new(LaunchInput {
         user: &target.name,
         uid: target.uid,
         gid: target.gid,
         groups: &target.groups,
-        home: &home,
+        home: &target.home,
         argv: &argv,
         env: &vars,
         umask: profile.umask,
         limits: &profile.limits,
         log,
-        cgroup: cgroup_fds,
+        cgroup: cgroup_fd,
+        timeout: config.launch_timeout,
     })
     .map_err(|e| {
         remove_cgroup();
         err(ErrorKind::SpawnFailed, e.to_string())
     })?;
-    let launched = launch::launch(spec).map_err(|e| {
+    let launched = daemon.launcher.launch(&spec).map_err(|e| {
         remove_cgroup();
         err(ErrorKind::SpawnFailed, e.to_string())
     })?;

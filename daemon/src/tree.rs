@@ -60,30 +60,21 @@ impl TreeMode {
         }
     }
 
-    /// Creates the cgroup for one server instance and opens it (directory and `cgroup.procs`)
-    /// for the launch. `None` in process-group mode.
+    /// Creates the cgroup for one server instance and opens its directory for the launch
+    /// (the process is created inside it). `None` in process-group mode.
     pub fn prepare(
         &self,
         user: &str,
         server: &str,
         instance: u64,
-    ) -> io::Result<Option<(PathBuf, crate::launch::CgroupFds)>> {
+    ) -> io::Result<Option<(PathBuf, std::os::fd::OwnedFd)>> {
         let TreeMode::Cgroup { base } = self else {
             return Ok(None);
         };
         let dir = cgroup_dir(base, user, server, instance);
         std::fs::create_dir_all(&dir)?;
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?;
         let dir_fd = std::fs::File::open(&dir)?;
-        Ok(Some((
-            dir,
-            crate::launch::CgroupFds {
-                dir: dir_fd.into(),
-                procs: procs.into(),
-            },
-        )))
+        Ok(Some((dir, dir_fd.into())))
     }
 }
 
@@ -167,6 +158,23 @@ pub fn populated(cgroup: &Path) -> bool {
     std::fs::read_to_string(cgroup.join("cgroup.events"))
         .map(|s| s.lines().any(|l| l == "populated 1"))
         .unwrap_or(false)
+}
+
+/// Removes the cgroup of a start that failed: kills what may be in it (a child the launcher
+/// killed may still be dying), waits a moment for it to empty, removes it and, when no other
+/// server of the user has one, the user's directory.
+pub fn discard(dir: &Path) {
+    if populated(dir) {
+        let _ = kill_tree(Some(dir), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while populated(dir) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    if let Some(user_dir) = dir.parent() {
+        let _ = std::fs::remove_dir(user_dir);
+    }
 }
 
 /// Kills whatever is left of a server's tree after its main process exited, waits (bounded)

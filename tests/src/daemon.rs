@@ -649,7 +649,7 @@ impl TestDaemon {
             return;
         };
         // The servers are the daemon's children, each the leader of its own session.
-        let servers = crate::procfs::children_of(child.id());
+        let servers = crate::procfs::servers_of(child.id());
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -122,6 +122,28 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Whether `pid` is a spawnd launcher process (root, named `spawnd-launcher`).
+pub fn is_launcher(pid: u32) -> bool {
+    comm(pid).as_deref() == Some("spawnd-launcher")
+        && status_ids(pid, "Uid").and_then(|ids| ids.first().copied()) == Some(0)
+}
+
+/// The daemon's live children other than its launcher: the servers it supervises.
+pub fn servers_of(daemon: u32) -> Vec<u32> {
+    children_of(daemon)
+        .into_iter()
+        .filter(|&p| !is_launcher(p))
+        .collect()
+}
+
+/// The daemon's launcher process(es): normally exactly one.
+pub fn launchers_of(daemon: u32) -> Vec<u32> {
+    children_of(daemon)
+        .into_iter()
+        .filter(|&p| is_launcher(p))
+        .collect()
+}
+
 /// The number of open descriptors of a process (entries in `/proc/PID/fd`).
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(proc_path(pid, "fd")).ok()?.count())

@@ -539,9 +539,9 @@ fn nproc_soft(pid: u32) -> String {
     line.split_whitespace().nth(2).expect("soft").to_owned()
 }
 
-/// The daemon's RLIMIT_NPROC is 2 and the user already runs 3 processes: setresuid marks the
-/// child as over the limit (the kernel checks the count before the child itself is counted)
-/// and its execve fails with EAGAIN. The caller must learn that the user is at their process
+/// The launcher's RLIMIT_NPROC (the daemon's, inherited) is 2 and the user already runs 3
+/// processes: setresuid marks the child as over the limit (the kernel checks the count before
+/// the child itself is counted) and its execve fails with EAGAIN. The caller must learn that the user is at their process
 /// limit (not be told to check the file's permissions), and nothing may be left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_process_limit_is_a_clear_error() {
@@ -560,7 +560,8 @@ async fn exhausted_process_limit_is_a_clear_error() {
         );
     }
     assert_eq!(procfs::pids_of_uid(user.uid).len(), 3);
-    let pid = d.pid();
+    // Servers are created by the launcher: its limits are theirs.
+    let pid = procfs::launchers_of(d.pid())[0];
     let soft = nproc_soft(pid);
     prlimit_nproc(pid, "2");
     let result = hub.start(start_req(&user.name, "s4", "")).await;

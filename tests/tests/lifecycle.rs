@@ -445,30 +445,36 @@ async fn daemon_keeps_only_needed_capabilities_and_servers_have_none() {
     let u = users();
     let d = TestDaemon::start(options());
     // CAP_CHOWN 0, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, as far as this process holds them.
-    let needed: u64 = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7);
-    let expected = needed & cap_mask("/proc/self/status", "CapPrm:");
+    let held = cap_mask("/proc/self/status", "CapPrm:");
+    let bounding: u64 = held & ((1 << 0) | (1 << 5) | (1 << 6) | (1 << 7));
     assert_eq!(
-        expected & ((1 << 6) | (1 << 7)),
+        bounding & ((1 << 6) | (1 << 7)),
         (1 << 6) | (1 << 7),
         "tests need setuid/setgid"
     );
-    // Every thread of the daemon (capability sets are per thread).
-    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+    // The daemon signals and chowns; it never changes uids itself (its launcher does).
+    let daemon = bounding & ((1 << 0) | (1 << 5));
+    let launcher = bounding & ((1 << 5) | (1 << 6) | (1 << 7));
+    // Every thread of the daemon (capability sets are per thread), and the launcher.
+    let mut tasks: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
         .expect("daemon tasks")
         .flatten()
-        .map(|e| e.path().join("status").display().to_string())
+        .map(|e| (e.path().join("status").display().to_string(), daemon))
         .collect();
     assert!(tasks.len() > 1, "the daemon runs threads");
-    for t in &tasks {
-        assert_eq!(cap_mask(t, "CapEff:"), expected, "{t} effective");
-        assert_eq!(cap_mask(t, "CapPrm:"), expected, "{t} permitted");
+    let launchers = procfs::launchers_of(d.pid());
+    assert_eq!(launchers.len(), 1, "one launcher: {launchers:?}");
+    tasks.push((format!("/proc/{}/status", launchers[0]), launcher));
+    for (t, expected) in &tasks {
+        assert_eq!(cap_mask(t, "CapEff:"), *expected, "{t} effective");
+        assert_eq!(cap_mask(t, "CapPrm:"), *expected, "{t} permitted");
         assert_eq!(cap_mask(t, "CapInh:"), 0, "{t} inheritable");
         assert_eq!(cap_mask(t, "CapAmb:"), 0, "{t} ambient");
-        assert_eq!(cap_mask(t, "CapBnd:"), expected, "{t} bounding");
+        assert_eq!(cap_mask(t, "CapBnd:"), bounding, "{t} bounding");
     }
     let hub = d.hub_client().await;
     let status = hub.status().await.expect("status");
-    assert_eq!(status.capabilities, ["chown", "kill", "setgid", "setuid"]);
+    assert_eq!(status.capabilities, ["chown", "kill"]);
 
     let s = start(&hub, req(&u.a.name, "", "sleeper")).await;
     let server = format!("/proc/{}/status", s.pid);
@@ -477,7 +483,7 @@ async fn daemon_keeps_only_needed_capabilities_and_servers_have_none() {
     }
     assert_eq!(
         cap_mask(&server, "CapBnd:"),
-        expected,
+        bounding,
         "server bounding set"
     );
     hub.stop(&sid(&u.a.name, ""), None, true)

@@ -151,7 +151,7 @@ fn wait_fds(pid: u32, fds: usize, timeout: Duration) -> usize {
 fn assert_nothing_left(d: &TestDaemon, what: &str) {
     let state = d.dir.state_dir();
     let left = wait_for(Duration::from_secs(20), || {
-        let children = procfs::children_of(d.pid());
+        let children = procfs::servers_of(d.pid());
         let zombies = procfs::zombie_children(d.pid());
         let records = files_under(&state);
         let cgroups = d.cgroup_base.as_deref().map(dirs_under).unwrap_or_default();
@@ -162,7 +162,7 @@ fn assert_nothing_left(d: &TestDaemon, what: &str) {
         panic!(
             "{what}: something was left after 20 s: children {:?}, zombies {:?}, state files \
              {:?}, cgroups {:?}",
-            procfs::children_of(d.pid()),
+            procfs::servers_of(d.pid()),
             procfs::zombie_children(d.pid()),
             files_under(&state),
             d.cgroup_base.as_deref().map(dirs_under)
@@ -1021,7 +1021,7 @@ async fn hub_role_abuse_gets_typed_errors_and_runs_nothing() {
         "a refused request left a server"
     );
     assert_eq!(
-        procfs::children_of(d.pid()),
+        procfs::servers_of(d.pid()),
         Vec::<u32>::new(),
         "the daemon started a process"
     );

@@ -1,0 +1,589 @@
+//! The daemon's side of the launcher: starting it, sending it launches, replacing it when it
+//! fails.
+
+use super::process::{self, READY};
+use super::wire::{self, Bytes, Method, Outcome, Reply, Request};
+use super::{LaunchError, LaunchSpec, Launched, Step};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// The daemon's own executable, which it runs as `spawnd launcher`. The link names the file the
+/// daemon was started from even when an upgrade has replaced it on disk since, so daemon and
+/// launcher always speak the same protocol.
+pub const OWN_EXECUTABLE: &str = "/proc/self/exe";
+
+/// How long a new launcher may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sending a request to the launcher may block (a launcher that stops reading its
+/// channel is replaced).
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a launch waits for the launcher's answers beyond the launch timeout itself.
+const REPLY_MARGIN: Duration = Duration::from_secs(10);
+
+/// The launcher process and the daemon's end of its channel.
+#[derive(Debug)]
+pub struct Launcher {
+    exe: PathBuf,
+    /// RLIMIT_NOFILE for servers whose profile sets none (the daemon's soft limit from before
+    /// it raised its own for its pidfds).
+    server_nofile: Option<libc::rlimit>,
+    current: Mutex<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    /// Bumped at each replacement, so that concurrent launches that saw the same failure replace
+    /// the launcher once.
+    generation: u64,
+    /// `None` after a failure, until the next launch starts a new launcher.
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    channel: Arc<OwnedFd>,
+    process: Child,
+}
+
+fn lock(m: &Mutex<Current>) -> MutexGuard<'_, Current> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn errno_io(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+impl Launcher {
+    /// Starts the launcher from `exe` (normally [`OWN_EXECUTABLE`]) and waits until it is
+    /// ready. The daemon calls this after reducing its capabilities (the launcher gets the
+    /// bounding set back at exec, as root does) and before any other thread exists.
+    pub fn start(
+        exe: impl AsRef<Path>,
+        server_nofile: Option<libc::rlimit>,
+    ) -> io::Result<Launcher> {
+        let exe = exe.as_ref().to_path_buf();
+        let running = spawn(&exe)?;
+        Ok(Launcher {
+            exe,
+            server_nofile,
+            current: Mutex::new(Current {
+                generation: 0,
+                running: Some(running),
+            }),
+        })
+    }
+
+    /// The launcher's pid, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.current).running.as_ref().map(|r| r.process.id())
+    }
+
+    /// The channel to the current launcher, starting a new launcher after a failure.
+    fn channel(&self, user: &str) -> Result<(u64, Arc<OwnedFd>), LaunchError> {
+        let mut current = lock(&self.current);
+        if current.running.is_none() {
+            let running = spawn(&self.exe).map_err(|e| LaunchError::Parent {
+                user: user.to_string(),
+                what: "starting a new launcher process",
+                source: e,
+            })?;
+            tracing::warn!(pid = running.process.id(), "started a new launcher process");
+            current.generation += 1;
+            current.running = Some(running);
+        }
+        let generation = current.generation;
+        let channel = current.running.as_ref().map(|r| r.channel.clone());
+        channel
+            .map(|c| (generation, c))
+            .ok_or_else(|| LaunchError::Launcher {
+                user: user.to_string(),
+                why: "is not running".into(),
+            })
+    }
+
+    /// Ends a launcher that failed (once, whoever notices first); the next launch starts a new
+    /// one.
+    fn failed(&self, generation: u64, why: &str) {
+        let mut current = lock(&self.current);
+        if current.generation != generation {
+            return;
+        }
+        if let Some(mut running) = current.running.take() {
+            let pid = running.process.id();
+            let _ = running.process.kill();
+            let status = running.process.wait();
+            tracing::error!(
+                pid,
+                ?status,
+                "the launcher process {why}; a new one starts with the next launch"
+            );
+        }
+    }
+
+    /// Starts a server: sends the launch to the launcher and waits until its program runs or
+    /// the launch has failed. Blocks for the child's set-up (normally a millisecond; at most
+    /// the spec's timeout plus a margin): call from a blocking thread.
+    pub fn launch(&self, spec: &LaunchSpec) -> Result<Launched, LaunchError> {
+        let user = &spec.summary.user;
+        let parent = |what: &'static str, source: io::Error| LaunchError::Parent {
+            user: user.clone(),
+            what,
+            source,
+        };
+        let packet = self
+            .encode(spec)
+            .map_err(|e| parent("encoding the launch", e))?;
+        let (reply, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| parent("socketpair", errno_io(e)))?;
+        set_timeout(
+            reply.as_fd(),
+            libc::SO_RCVTIMEO,
+            spec.timeout + REPLY_MARGIN,
+        )
+        .map_err(|e| parent("setsockopt", e))?;
+        let mut fds = vec![theirs.as_raw_fd(), spec.log.as_raw_fd()];
+        if let Some(dir) = &spec.cgroup {
+            fds.push(dir.as_raw_fd());
+        }
+        // A launcher found dead when sending is replaced and the launch sent again: it never
+        // reached the dead one, so nothing of it can be running.
+        let mut generation = 0;
+        for attempt in 0..2 {
+            let (g, channel) = self.channel(user)?;
+            generation = g;
+            match send(channel.as_fd(), &packet, &fds) {
+                Ok(()) => break,
+                Err(e) if attempt == 0 && is_disconnected(&e) => {
+                    self.failed(generation, &format!("has closed its channel ({e})"));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.failed(generation, "stopped reading its channel");
+                    return Err(LaunchError::Launcher {
+                        user: user.clone(),
+                        why: format!(
+                            "did not take the request within {} s",
+                            SEND_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+                Err(e) => {
+                    self.failed(generation, &format!("could not be sent a launch ({e})"));
+                    return Err(LaunchError::Launcher {
+                        user: user.clone(),
+                        why: format!("could not be sent the request ({e})"),
+                    });
+                }
+            }
+        }
+        drop(theirs);
+        self.await_outcome(spec, reply.as_fd(), generation)
+    }
+
+    fn encode(&self, spec: &LaunchSpec) -> io::Result<Vec<u8>> {
+        let nofile = match spec.nofile {
+            Some(v) => Some((v, v)),
+            None => self.server_nofile.map(|l| (l.rlim_cur, l.rlim_max)),
+        };
+        let request = Request {
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups.clone(),
+            umask: spec.umask,
+            limits: spec.limits.clone(),
+            nofile,
+            nofile_required: spec.nofile.is_some(),
+            cgroup: spec.cgroup.is_some(),
+            timeout_ms: spec.timeout.as_millis().min(u64::MAX as u128) as u64,
+            pause_before_exec: spec.pause_before_exec,
+            program: Bytes(&spec.program),
+            home: Bytes(&spec.home),
+            argv: spec.argv.iter().map(|a| Bytes(a)).collect(),
+            envp: spec.envp.iter().map(|e| Bytes(e)).collect(),
+        };
+        let packet = postcard::to_stdvec(&request).map_err(io::Error::other)?;
+        if packet.len() > wire::MAX_REQUEST {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "arguments and environment take {} bytes, more than the {} a launch may \
+                     carry; send fewer or shorter ones",
+                    packet.len(),
+                    wire::MAX_REQUEST
+                ),
+            ));
+        }
+        Ok(packet)
+    }
+
+    /// Reads the launcher's answers about one launch.
+    fn await_outcome(
+        &self,
+        spec: &LaunchSpec,
+        reply: BorrowedFd<'_>,
+        generation: u64,
+    ) -> Result<Launched, LaunchError> {
+        let user = &spec.summary.user;
+        let mut child: Option<(i32, OwnedFd)> = None;
+        loop {
+            let (message, fd) = match recv(reply) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    // End of file: the launcher dropped this launch, which only a failing
+                    // launcher does. Whatever it created must not run.
+                    self.failed(generation, "exited or dropped a launch in flight");
+                    abandon(child);
+                    return Err(LaunchError::Launcher {
+                        user: user.clone(),
+                        why: "exited while it was starting this server".into(),
+                    });
+                }
+                Err(e) => {
+                    let why = if e.kind() == io::ErrorKind::WouldBlock {
+                        format!(
+                            "did not answer within {} s",
+                            (spec.timeout + REPLY_MARGIN).as_secs()
+                        )
+                    } else {
+                        format!("sent an answer that could not be read ({e})")
+                    };
+                    self.failed(generation, &why);
+                    abandon(child);
+                    return Err(LaunchError::Launcher {
+                        user: user.clone(),
+                        why,
+                    });
+                }
+            };
+            match (message, fd, &child) {
+                (Reply::Cloned { pid, method }, Some(pidfd), None) => {
+                    note(method, spec.cgroup.is_some());
+                    child = Some((pid, pidfd));
+                }
+                (Reply::Done(outcome), None, _) => return finish(outcome, child, spec),
+                (other, _, _) => {
+                    let why = format!("broke the protocol ({other:?})");
+                    self.failed(generation, &why);
+                    abandon(child);
+                    return Err(LaunchError::Launcher {
+                        user: user.clone(),
+                        why,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        // Closing the channel ends the launcher; reap it.
+        let mut current = lock(&self.current);
+        if let Some(Running {
+            channel,
+            mut process,
+        }) = current.running.take()
+        {
+            drop(channel);
+            for _ in 0..100 {
+                if !matches!(process.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// Turns the launcher's last word into the launch's result. Every child that did not become a
+/// server is reaped here (it is the daemon's child).
+fn finish(
+    outcome: Outcome,
+    child: Option<(i32, OwnedFd)>,
+    spec: &LaunchSpec,
+) -> Result<Launched, LaunchError> {
+    let summary = || Box::new(spec.summary.clone());
+    match (outcome, child) {
+        (Outcome::Exec, Some((pid, pidfd))) => Ok(Launched { pid, pidfd }),
+        (Outcome::Failed { step, errno }, child) => {
+            reap(child);
+            Err(LaunchError::Child {
+                step: Step::from_u8(step).unwrap_or(Step::Exec),
+                errno,
+                spec: summary(),
+            })
+        }
+        (Outcome::KilledBeforeExec, child) => {
+            let signal = match reap(child) {
+                Some(crate::sys::Reaped::Killed(s)) => Some(s),
+                _ => None,
+            };
+            Err(LaunchError::KilledBeforeExec {
+                signal,
+                spec: summary(),
+            })
+        }
+        (Outcome::TimedOut, child) => {
+            // Killed by the launcher; it may take a while to die (a hung file system).
+            if let Some((_, pidfd)) = child {
+                reap_in_background(pidfd);
+            }
+            Err(LaunchError::TimedOut {
+                timeout: spec.timeout,
+                spec: summary(),
+            })
+        }
+        (Outcome::CloneFailed { errno }, child) => {
+            abandon(child);
+            Err(LaunchError::Parent {
+                user: spec.summary.user.clone(),
+                what: "creating the process (clone3)",
+                source: io::Error::from_raw_os_error(errno),
+            })
+        }
+        (Outcome::Exec | Outcome::Invalid, child) => {
+            abandon(child);
+            Err(LaunchError::Launcher {
+                user: spec.summary.user.clone(),
+                why: "refused the launch as malformed (a bug in spawnd; please report it)".into(),
+            })
+        }
+    }
+}
+
+/// Kills a child that must not become a server, and reaps it.
+fn abandon(child: Option<(i32, OwnedFd)>) {
+    if let Some((_, pidfd)) = child {
+        let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        reap_in_background(pidfd);
+    }
+}
+
+/// Reaps a child that has exited or is about to (it reported a failure, or died).
+fn reap(child: Option<(i32, OwnedFd)>) -> Option<crate::sys::Reaped> {
+    let (_, pidfd) = child?;
+    crate::sys::waitid_pidfd_blocking(pidfd.as_fd()).ok()
+}
+
+/// Reaps a killed child on a thread of its own: one in uninterruptible sleep (a hung file
+/// system) dies only when its system call returns.
+fn reap_in_background(pidfd: OwnedFd) {
+    let spawned = std::thread::Builder::new()
+        .name("spawnd-reap".into())
+        .spawn(move || {
+            let _ = crate::sys::waitid_pidfd_blocking(pidfd.as_fd());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to reap a killed child (it stays a zombie): {e}");
+    }
+}
+
+/// Starts a launcher process and waits for its readiness byte.
+fn spawn(exe: &Path) -> io::Result<Running> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(errno_io)?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut command = Command::new(exe);
+    command
+        .arg0("spawnd-launcher")
+        .arg("launcher")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
+    // system calls (fcntl, dup2, close_range) on descriptor numbers.
+    unsafe {
+        command.pre_exec(move || {
+            // The channel at its agreed number, kept across exec.
+            let r = if theirs_fd == process::CHANNEL_FD {
+                libc::fcntl(theirs_fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(theirs_fd, process::CHANNEL_FD)
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Nothing else of the daemon's crosses the exec (the launcher closes the rest too).
+            if libc::syscall(
+                libc::SYS_close_range,
+                process::CHANNEL_FD as u32 + 1,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut process = command.spawn()?;
+    drop(theirs);
+    let ready = (|| {
+        set_timeout(ours.as_fd(), libc::SO_RCVTIMEO, READY_TIMEOUT)?;
+        let mut byte = [0u8; 1];
+        // SAFETY: reads into a local one-byte buffer.
+        let n = unsafe { libc::recv(ours.as_raw_fd(), byte.as_mut_ptr().cast(), 1, 0) };
+        match n {
+            1 if byte[0] == READY => Ok(()),
+            0 => Err(io::Error::other(
+                "it exited at start-up (its message is in the daemon's log)",
+            )),
+            n if n < 0 => Err(io::Error::last_os_error()),
+            _ => Err(io::Error::other(
+                "it sent something else than its readiness",
+            )),
+        }
+    })();
+    if let Err(e) = ready {
+        let _ = process.kill();
+        let status = process.wait();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "the launcher process {} did not get ready: {e} ({status:?})",
+                exe.display()
+            ),
+        ));
+    }
+    set_timeout(ours.as_fd(), libc::SO_SNDTIMEO, SEND_TIMEOUT)?;
+    Ok(Running {
+        channel: Arc::new(ours),
+        process,
+    })
+}
+
+fn set_timeout(fd: BorrowedFd<'_>, option: libc::c_int, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid timeval for its size, on a socket we hold.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn is_disconnected(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNREFUSED)
+    )
+}
+
+fn send(channel: BorrowedFd<'_>, packet: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    loop {
+        match sendmsg::<()>(
+            channel.as_raw_fd(),
+            &[IoSlice::new(packet)],
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(errno_io(e)),
+        }
+    }
+}
+
+/// Receives one reply and the descriptor it carries; `None` at end of file.
+fn recv(reply: BorrowedFd<'_>) -> io::Result<Option<(Reply, Option<OwnedFd>)>> {
+    let mut buf = [0u8; wire::MAX_REPLY];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            reply.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.map_err(errno_io)?,
+        }
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let (bytes, truncated) = (
+        msg.bytes,
+        msg.flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
+    );
+    if bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if truncated || fds.len() > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "an oversized answer",
+        ));
+    }
+    let reply = wire::decode_reply(&buf[..bytes])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(Some((reply, fds.pop())))
+}
+
+/// Logs the way servers are created the first time it is used (and whenever it changes).
+fn note(method: Method, cgroup: bool) {
+    static LAST: AtomicU8 = AtomicU8::new(0);
+    let code = method as u8 + 1;
+    if LAST.swap(code, Ordering::Relaxed) == code {
+        return;
+    }
+    match (method, cgroup) {
+        (Method::Clone3, _) => tracing::info!(
+            "servers start from the launcher with clone3(CLONE_PARENT|CLONE_PIDFD|CLONE_INTO_CGROUP), \
+             in their cgroup from birth"
+        ),
+        (Method::Clone, true) => tracing::warn!(
+            "servers start from the launcher with clone: clone3 is refused here (a seccomp \
+             filter), so each enters its cgroup by writing cgroup.procs, which waits for an RCU \
+             grace period: starts take milliseconds longer"
+        ),
+        (Method::Clone, false) => {
+            tracing::info!("servers start from the launcher with clone (clone3 is refused here)")
+        }
+    }
+}
