@@ -52,7 +52,34 @@ struct Current {
 #[derive(Debug)]
 struct Running {
     channel: Arc<OwnedFd>,
+    /// Readable once the launcher has exited. Its death cannot be seen on the sockets alone: a
+    /// child it created holds copies of them until it has closed its descriptors.
+    pidfd: Arc<OwnedFd>,
     process: Child,
+}
+
+impl Running {
+    fn exited(&self) -> bool {
+        readable(self.pidfd.as_fd(), Duration::ZERO)
+    }
+}
+
+/// Whether `fd` is readable within `timeout` (`Duration::ZERO`: now).
+fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut pollfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd.
+    let n = unsafe {
+        libc::poll(
+            pollfd.as_mut_ptr(),
+            1,
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        )
+    };
+    n > 0
 }
 
 fn lock(m: &Mutex<Current>) -> MutexGuard<'_, Current> {
@@ -88,9 +115,16 @@ impl Launcher {
         lock(&self.current).running.as_ref().map(|r| r.process.id())
     }
 
-    /// The channel to the current launcher, starting a new launcher after a failure.
-    fn channel(&self, user: &str) -> Result<(u64, Arc<OwnedFd>), LaunchError> {
+    /// The channel to the current launcher and its pidfd, starting a new launcher after a
+    /// failure.
+    fn channel(&self, user: &str) -> Result<(u64, Arc<OwnedFd>, Arc<OwnedFd>), LaunchError> {
         let mut current = lock(&self.current);
+        if current.running.as_ref().is_some_and(Running::exited) {
+            let generation = current.generation;
+            drop(current);
+            self.failed(generation, "has exited");
+            current = lock(&self.current);
+        }
         if current.running.is_none() {
             let running = spawn(&self.exe).map_err(|e| LaunchError::Parent {
                 user: user.to_string(),
@@ -102,9 +136,9 @@ impl Launcher {
             current.running = Some(running);
         }
         let generation = current.generation;
-        let channel = current.running.as_ref().map(|r| r.channel.clone());
-        channel
-            .map(|c| (generation, c))
+        let running = current.running.as_ref();
+        running
+            .map(|r| (generation, r.channel.clone(), r.pidfd.clone()))
             .ok_or_else(|| LaunchError::Launcher {
                 user: user.to_string(),
                 why: "is not running".into(),
@@ -163,9 +197,11 @@ impl Launcher {
         // A launcher found dead when sending is replaced and the launch sent again: it never
         // reached the dead one, so nothing of it can be running.
         let mut generation = 0;
+        let mut launcher_pidfd = None;
         for attempt in 0..2 {
-            let (g, channel) = self.channel(user)?;
+            let (g, channel, pidfd) = self.channel(user)?;
             generation = g;
+            launcher_pidfd = Some(pidfd);
             match send(channel.as_fd(), &packet, &fds) {
                 Ok(()) => break,
                 Err(e) if attempt == 0 && is_disconnected(&e) => {
@@ -191,7 +227,10 @@ impl Launcher {
             }
         }
         drop(theirs);
-        self.await_outcome(spec, reply.as_fd(), generation)
+        let Some(launcher_pidfd) = launcher_pidfd else {
+            unreachable!("the loop above either sent the request or returned")
+        };
+        self.await_outcome(spec, reply.as_fd(), launcher_pidfd.as_fd(), generation)
     }
 
     fn encode(&self, spec: &LaunchSpec) -> io::Result<Vec<u8>> {
@@ -230,16 +269,41 @@ impl Launcher {
         Ok(packet)
     }
 
-    /// Reads the launcher's answers about one launch.
+    /// Reads the launcher's answers about one launch, watching the launcher's own life.
     fn await_outcome(
         &self,
         spec: &LaunchSpec,
         reply: BorrowedFd<'_>,
+        launcher: BorrowedFd<'_>,
         generation: u64,
     ) -> Result<Launched, LaunchError> {
         let user = &spec.summary.user;
+        let deadline = std::time::Instant::now() + spec.timeout + REPLY_MARGIN;
         let mut child: Option<(i32, OwnedFd)> = None;
         loop {
+            match wait_reply(reply, launcher, deadline) {
+                Waited::Reply => {}
+                Waited::LauncherExited => {
+                    self.failed(generation, "exited with launches in flight");
+                    abandon(child);
+                    return Err(LaunchError::Launcher {
+                        user: user.clone(),
+                        why: "exited while it was starting this server".into(),
+                    });
+                }
+                Waited::TimedOut => {
+                    let why = format!(
+                        "did not answer within {} s",
+                        (spec.timeout + REPLY_MARGIN).as_secs()
+                    );
+                    self.failed(generation, &why);
+                    abandon(child);
+                    return Err(LaunchError::Launcher {
+                        user: user.clone(),
+                        why,
+                    });
+                }
+            }
             let (message, fd) = match recv(reply) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
@@ -253,14 +317,7 @@ impl Launcher {
                     });
                 }
                 Err(e) => {
-                    let why = if e.kind() == io::ErrorKind::WouldBlock {
-                        format!(
-                            "did not answer within {} s",
-                            (spec.timeout + REPLY_MARGIN).as_secs()
-                        )
-                    } else {
-                        format!("sent an answer that could not be read ({e})")
-                    };
+                    let why = format!("sent an answer that could not be read ({e})");
                     self.failed(generation, &why);
                     abandon(child);
                     return Err(LaunchError::Launcher {
@@ -296,6 +353,7 @@ impl Drop for Launcher {
         if let Some(Running {
             channel,
             mut process,
+            ..
         }) = current.running.take()
         {
             drop(channel);
@@ -307,6 +365,53 @@ impl Drop for Launcher {
             }
             let _ = process.kill();
             let _ = process.wait();
+        }
+    }
+}
+
+enum Waited {
+    Reply,
+    LauncherExited,
+    TimedOut,
+}
+
+/// Waits until the launcher answers on `reply`, exits, or `deadline` passes. An answer that
+/// is already there wins over the launcher's exit.
+fn wait_reply(
+    reply: BorrowedFd<'_>,
+    launcher: BorrowedFd<'_>,
+    deadline: std::time::Instant,
+) -> Waited {
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pollfds = [reply, launcher].map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: a valid array of two pollfds.
+        let n = unsafe {
+            libc::poll(
+                pollfds.as_mut_ptr(),
+                2,
+                left.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // poll on two valid descriptors does not fail otherwise; read and see.
+            return Waited::Reply;
+        }
+        if pollfds[0].revents != 0 {
+            return Waited::Reply;
+        }
+        if pollfds[1].revents != 0 {
+            return Waited::LauncherExited;
+        }
+        if left.is_zero() {
+            return Waited::TimedOut;
         }
     }
 }
@@ -468,8 +573,11 @@ fn spawn(exe: &Path) -> io::Result<Running> {
         ));
     }
     set_timeout(ours.as_fd(), libc::SO_SNDTIMEO, SEND_TIMEOUT)?;
+    // Our unreaped child: the pid cannot have been reused.
+    let pidfd = crate::sys::pidfd_open(process.id() as i32)?;
     Ok(Running {
         channel: Arc::new(ours),
+        pidfd: Arc::new(pidfd),
         process,
     })
 }
