@@ -324,6 +324,10 @@ pub struct Config {
     pub self_service: bool,
     pub min_uid: u32,
     pub deny_users: BTreeSet<String>,
+    /// The uids of the `deny_users` that exist (looked up at load and at each reload), so that
+    /// another name for the same account (a second passwd entry with its uid, an alias in a
+    /// directory service) is refused too.
+    pub deny_uids: BTreeSet<u32>,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
     pub log_keep: u32,
@@ -705,6 +709,12 @@ impl Config {
             admin_gid: admin.map(|(_, gid)| gid),
             self_service: self_service.unwrap_or_default(),
             min_uid: min_uid.unwrap_or(DEFAULT_MIN_UID),
+            deny_uids: deny_users
+                .iter()
+                .flatten()
+                .filter_map(|name| User::from_name(name).ok().flatten())
+                .map(|u| u.uid.as_raw())
+                .collect(),
             deny_users: deny_users.unwrap_or_default(),
             state_dir: state_dir.unwrap_or_default(),
             log_dir: log_dir.unwrap_or_default(),

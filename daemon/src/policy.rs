@@ -35,8 +35,22 @@ fn check_not_denied(name: &str, config: &Config) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-/// The policy checks on a looked-up user (no I/O): not denied by name, not root, uid at least
-/// `min_uid`, a member of `group` (primary or supplementary).
+/// The name a lookup asked for must be the account's own name (`pw_name`): a directory service
+/// that also answers to aliases ("Mallory", "mallory@corp" for "mallory") would otherwise give
+/// one account servers, logs and records under several names, and slip past `deny_users`.
+pub fn check_canonical(requested: &str, canonical: &str) -> Result<(), ErrorReply> {
+    if requested == canonical {
+        return Ok(());
+    }
+    Err(denied(format!(
+        "user {requested} is called {canonical} in the passwd database (another name for the \
+         same account); spawnd starts servers only under an account's own name: have the hub \
+         use {canonical} (JupyterHub: Authenticator.username_map or normalize_username)"
+    )))
+}
+
+/// The policy checks on a looked-up user (no I/O): not denied by name or uid, not root, uid at
+/// least `min_uid`, a member of `group` (primary or supplementary).
 pub fn check_target(target: &Target, config: &Config) -> Result<(), ErrorReply> {
     let name = &target.name;
     if target.uid == 0 {
@@ -45,6 +59,14 @@ pub fn check_target(target: &Target, config: &Config) -> Result<(), ErrorReply> 
         )));
     }
     check_not_denied(name, config)?;
+    if config.deny_uids.contains(&target.uid) {
+        return Err(denied(format!(
+            "user {name} has uid {}, the uid of an account listed in deny_users in {}; remove \
+             it there to allow servers",
+            target.uid,
+            config.source.display()
+        )));
+    }
     if target.uid < config.min_uid {
         return Err(denied(format!(
             "user {name} has uid {} which is below min_uid {} (system accounts are refused); \
@@ -77,6 +99,7 @@ pub fn resolve_target(name: &str, config: &Config) -> Result<Target, ErrorReply>
             ));
         }
     };
+    check_canonical(name, &user.name)?;
     let cname = CString::new(name).map_err(|_| denied(format!("user {name:?} has a NUL")))?;
     let groups = getgrouplist(&cname, user.gid).map_err(|e| {
         ErrorReply::new(
@@ -89,7 +112,7 @@ pub fn resolve_target(name: &str, config: &Config) -> Result<Target, ErrorReply>
     groups.retain(|&g| g != user.gid.as_raw());
     groups.insert(0, user.gid.as_raw());
     let target = Target {
-        name: name.to_string(),
+        name: user.name,
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
         groups,
@@ -179,6 +202,32 @@ mod tests {
             "{m}"
         );
         let (k, m) = kind(check_target(&target("mallory", 2003, 2003, &[g]), &c));
+        assert!(
+            k == ErrorKind::PolicyDenied && m.contains("deny_users"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn only_an_accounts_own_name_gets_servers() {
+        check_canonical("mallory", "mallory").unwrap();
+        for alias in ["Mallory", "mallory@corp"] {
+            let (k, m) = kind(check_canonical(alias, "mallory"));
+            assert!(
+                k == ErrorKind::PolicyDenied && m.contains("called mallory") && m.contains(alias),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn deny_users_refuses_the_accounts_uid_under_any_name() {
+        // `nobody` exists on every Debian host: its uid is denied, whatever the name asked.
+        let c = sample("deny_users = [\"nobody\"]\nmin_uid = 1000");
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let g = c.group_gid;
+        let uid = nobody.uid.as_raw();
+        let (k, m) = kind(check_target(&target("other-name", uid, uid, &[uid, g]), &c));
         assert!(
             k == ErrorKind::PolicyDenied && m.contains("deny_users"),
             "{m}"
