@@ -398,11 +398,7 @@ impl Daemon {
                 profile: profile.name.clone(),
                 port: req.port,
                 log_path: logs::log_path(&config.log_dir, &target.name, &req.server.server),
-                timeouts: StopTimeouts {
-                    interrupt: profile.interrupt_timeout,
-                    term: profile.term_timeout,
-                    kill: profile.kill_timeout,
-                },
+                timeouts: StopTimeouts::of(Some(&profile)),
             })?;
             prepare_and_launch(&me, &config, &profile, &target, &req, &reservation)
                 .map(Response::Started)

@@ -42,7 +42,6 @@ pub struct Record {
     pub cgroup: Option<PathBuf>,
     pub profile: String,
     pub port: Option<u16>,
-    pub log_path: PathBuf,
     /// Seconds since the Unix epoch.
     pub started_at: u64,
     /// Set once the daemon saw the server exit (it stays until the hub stops it).
@@ -195,6 +194,17 @@ impl StateDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Moves a server's record aside (`<record>.<why>-<time>`, kept for the operator), so that
+    /// no later daemon reads it again. Returns where it went.
+    pub fn set_aside(&self, user: &str, server: &str, why: &str) -> Option<PathBuf> {
+        let path = self.path(user, server);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = path.with_extension(format!("json.{why}-{stamp}"));
+        fs::rename(&path, &aside).ok().map(|()| aside)
     }
 
     fn path(&self, user: &str, server: &str) -> PathBuf {
@@ -356,7 +366,6 @@ mod tests {
             cgroup: Some("/sys/fs/cgroup/x".into()),
             profile: "default".into(),
             port: Some(8888),
-            log_path: "/var/log/spawnd/a/@default.log".into(),
             started_at: 1,
             exit: None,
             exited_at: None,

@@ -34,12 +34,88 @@ pub struct StopTimeouts {
     pub kill: Duration,
 }
 
+impl StopTimeouts {
+    /// A profile's timeouts, or the defaults where there is no profile.
+    pub fn of(profile: Option<&crate::config::Profile>) -> StopTimeouts {
+        use crate::config::{
+            DEFAULT_INTERRUPT_TIMEOUT, DEFAULT_KILL_TIMEOUT, DEFAULT_TERM_TIMEOUT,
+        };
+        match profile {
+            Some(p) => StopTimeouts {
+                interrupt: p.interrupt_timeout,
+                term: p.term_timeout,
+                kill: p.kill_timeout,
+            },
+            None => StopTimeouts {
+                interrupt: DEFAULT_INTERRUPT_TIMEOUT,
+                term: DEFAULT_TERM_TIMEOUT,
+                kill: DEFAULT_KILL_TIMEOUT,
+            },
+        }
+    }
+
+    fn of_record(rec: &Record) -> StopTimeouts {
+        StopTimeouts {
+            interrupt: Duration::from_millis(rec.interrupt_timeout_ms),
+            term: Duration::from_millis(rec.term_timeout_ms),
+            kill: Duration::from_millis(rec.kill_timeout_ms),
+        }
+    }
+}
+
 /// What a server record says about its process.
 #[derive(Debug, Clone)]
 struct Process {
-    pidfd: Arc<OwnedFd>,
+    leader: Arc<Leader>,
     /// Becomes true once the main process has exited and the rest of its tree is gone.
     gone: watch::Receiver<bool>,
+}
+
+/// A server's main process: its pidfd, and (in process-group mode) its process group, whose id
+/// is the leader's pid and so is certainly the server's only while the leader is not reaped.
+#[derive(Debug)]
+struct Leader {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    /// Set once the leader has been reaped (by the daemon, whose child it is), or, for a
+    /// re-adopted server (another process's child), once it has been seen gone. Held while
+    /// the group is signalled, so that the daemon never reaps in between.
+    reaped: Mutex<bool>,
+}
+
+impl Leader {
+    fn new(pid: i32, pidfd: OwnedFd) -> Arc<Leader> {
+        Arc::new(Leader {
+            pid,
+            pidfd: Arc::new(pidfd),
+            reaped: Mutex::new(false),
+        })
+    }
+
+    fn signal(&self, signal: i32) -> std::io::Result<()> {
+        sys::pidfd_send_signal(self.pidfd.as_fd(), signal)
+    }
+
+    /// SIGKILLs the leader's process group, but only while the group id is still the
+    /// server's: the daemon's own child before the daemon reaps it (a zombie leader keeps its
+    /// pid, and so the group id, from being handed out again), a re-adopted server only while
+    /// it still exists (its parent may reap it at any moment after its exit; a pid recycled in
+    /// the microseconds between the check and the kill is the one case left open).
+    fn kill_group(&self) -> std::io::Result<()> {
+        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if *reaped {
+            return Ok(());
+        }
+        self.kill_group_unreaped()
+    }
+
+    /// [`Self::kill_group`] with the `reaped` lock held by the caller.
+    fn kill_group_unreaped(&self) -> std::io::Result<()> {
+        match self.signal(0) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            _ => tree::kill_group(self.pid),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -145,7 +221,6 @@ impl Entry {
             cgroup: self.cgroup.clone(),
             profile: self.profile.clone(),
             port: self.port,
-            log_path: self.log_path.clone(),
             started_at: epoch_secs(self.started_at),
             exit: match self.state {
                 ServerState::Exited(e) => Some(e),
@@ -290,9 +365,9 @@ impl Supervisor {
         // Our unreaped child: /proc/PID is certainly it.
         let start_ticks = sys::process_start_time(launched.pid).unwrap_or(0);
         let (tx, rx) = watch::channel(false);
-        let pidfd = Arc::new(launched.pidfd);
+        let leader = Leader::new(launched.pid, launched.pidfd);
         let process = Process {
-            pidfd: pidfd.clone(),
+            leader: leader.clone(),
             gone: rx,
         };
         {
@@ -306,24 +381,26 @@ impl Supervisor {
                 e.cgroup = cgroup.clone();
             }
         }
-        self.watch(r.id.clone(), r.instance, launched.pid, pidfd, cgroup, tx);
+        self.watch(r.id.clone(), r.instance, leader, cgroup, tx);
     }
 
-    /// Waits for the server's exit, records it, then kills what is left of its tree.
+    /// Waits for the server's exit, records it, then kills what is left of its tree: its
+    /// cgroup, or (process-group mode) its group, killed before the leader is reaped.
     fn watch(
         self: &Arc<Self>,
         id: ServerId,
         instance: u64,
-        pid: i32,
-        pidfd: Arc<OwnedFd>,
+        leader: Arc<Leader>,
         cgroup: Option<PathBuf>,
         gone: watch::Sender<bool>,
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            let status = wait_exit(pidfd).await;
+            let status = wait_exit(&leader, cgroup.is_none()).await;
             me.exited(&id, instance, status);
-            if let Err(e) = tree::reap_tree(cgroup, pid, Duration::from_secs(10)).await {
+            if let Some(dir) = cgroup
+                && let Err(e) = tree::reap_tree(dir, Duration::from_secs(10)).await
+            {
                 tracing::warn!(server = %id, instance, "could not clean up the process tree: {e}");
             }
             me.persist_blocking(id).await;
@@ -376,7 +453,7 @@ impl Supervisor {
                 ));
             }
         };
-        sys::pidfd_send_signal(p.pidfd.as_fd(), signal).map_err(|e| {
+        p.leader.signal(signal).map_err(|e| {
             if e.raw_os_error() == Some(libc::ESRCH) {
                 ErrorReply::new(ErrorKind::NotFound, format!("server {id} has just exited"))
             } else {
@@ -429,12 +506,16 @@ impl Supervisor {
                     if *p.gone.borrow() {
                         break;
                     }
-                    if signal == libc::SIGKILL
-                        && let Err(e) = tree::kill_tree(cgroup.as_deref(), pid)
-                    {
-                        tracing::warn!(server = %id, "could not kill the process tree: {e}");
+                    if signal == libc::SIGKILL {
+                        let killed = match &cgroup {
+                            Some(dir) => tree::kill_cgroup(dir),
+                            None => p.leader.kill_group(),
+                        };
+                        if let Err(e) = killed {
+                            tracing::warn!(server = %id, "could not kill the process tree: {e}");
+                        }
                     }
-                    match sys::pidfd_send_signal(p.pidfd.as_fd(), signal) {
+                    match p.leader.signal(signal) {
                         Ok(()) => tracing::debug!(server = %id, signal, "sent"),
                         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                         Err(e) => tracing::warn!(server = %id, signal, "could not signal: {e}"),
@@ -498,11 +579,21 @@ impl Supervisor {
         for rec in records {
             self.bump_instance(rec.instance);
             let id = rec.id();
-            let timeouts = StopTimeouts {
-                interrupt: Duration::from_millis(rec.interrupt_timeout_ms),
-                term: Duration::from_millis(rec.term_timeout_ms),
-                kill: Duration::from_millis(rec.kill_timeout_ms),
+            let rec = match vet(rec, config, &self.tree) {
+                Ok(rec) => rec,
+                Err(why) => {
+                    let moved_to = self.state.set_aside(&id.user, &id.server, "invalid");
+                    tracing::error!(
+                        server = %id,
+                        moved_to = ?moved_to,
+                        "INVALID SERVER RECORD, moved aside and not used (nothing it names is \
+                         signalled, read or removed): {why}"
+                    );
+                    report.unreadable += 1;
+                    continue;
+                }
             };
+            let timeouts = StopTimeouts::of_record(&rec);
             let adopted = match rec.exit {
                 Some(_) => Err("it had already exited".to_string()),
                 None => adopt(rec.pid, rec.start_ticks, rec.uid, rec.cgroup.as_deref()),
@@ -510,7 +601,7 @@ impl Supervisor {
             match adopted {
                 Ok(pidfd) => {
                     tracing::info!(server = %id, pid = rec.pid, instance = rec.instance, "re-adopted");
-                    self.insert_adopted(&id, &rec, timeouts, pidfd);
+                    self.insert_adopted(&id, &rec, timeouts, pidfd, &config.log_dir);
                     report.adopted += 1;
                 }
                 Err(why) => {
@@ -522,7 +613,7 @@ impl Supervisor {
                         );
                         report.exited += 1;
                     }
-                    self.insert_exited(&id, &rec, timeouts);
+                    self.insert_exited(&id, &rec, timeouts, &config.log_dir);
                 }
             }
         }
@@ -543,7 +634,12 @@ impl Supervisor {
             .fetch_max(seen.saturating_add(1), Ordering::Relaxed);
     }
 
-    fn entry_from(rec: &Record, timeouts: StopTimeouts, state: ServerState) -> Entry {
+    fn entry_from(
+        rec: &Record,
+        timeouts: StopTimeouts,
+        state: ServerState,
+        log_path: PathBuf,
+    ) -> Entry {
         let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
         Entry {
             instance: rec.instance,
@@ -553,7 +649,7 @@ impl Supervisor {
             port: rec.port,
             started_at: at(rec.started_at),
             exited_at: rec.exited_at.map(at),
-            log_path: rec.log_path.clone(),
+            log_path,
             timeouts,
             state,
             process: None,
@@ -569,37 +665,39 @@ impl Supervisor {
         rec: &Record,
         timeouts: StopTimeouts,
         pidfd: OwnedFd,
+        log_dir: &std::path::Path,
     ) {
         let (tx, rx) = watch::channel(false);
-        let pidfd = Arc::new(pidfd);
-        let mut entry = Self::entry_from(rec, timeouts, ServerState::Running);
+        let leader = Leader::new(rec.pid, pidfd);
+        let log_path = crate::logs::log_path(log_dir, &rec.user, &rec.server);
+        let mut entry = Self::entry_from(rec, timeouts, ServerState::Running, log_path);
         entry.process = Some(Process {
-            pidfd: pidfd.clone(),
+            leader: leader.clone(),
             gone: rx,
         });
         self.table().insert(id.clone(), entry);
-        self.watch(
-            id.clone(),
-            rec.instance,
-            rec.pid,
-            pidfd,
-            rec.cgroup.clone(),
-            tx,
-        );
+        self.watch(id.clone(), rec.instance, leader, rec.cgroup.clone(), tx);
     }
 
     /// A server that is gone (or cannot be vouched for): exited, with its recorded status or
     /// unknown. Its pid is never signalled; leftovers in its own cgroup are killed.
-    fn insert_exited(self: &Arc<Self>, id: &ServerId, rec: &Record, timeouts: StopTimeouts) {
+    fn insert_exited(
+        self: &Arc<Self>,
+        id: &ServerId,
+        rec: &Record,
+        timeouts: StopTimeouts,
+        log_dir: &std::path::Path,
+    ) {
         let status = rec.exit.unwrap_or(ExitStatus::Unknown);
-        let mut entry = Self::entry_from(rec, timeouts, ServerState::Exited(status));
+        let log_path = crate::logs::log_path(log_dir, &rec.user, &rec.server);
+        let mut entry = Self::entry_from(rec, timeouts, ServerState::Exited(status), log_path);
         entry.exited_at = entry.exited_at.or(Some(SystemTime::now()));
         let cgroup = entry.cgroup.clone();
         self.table().insert(id.clone(), entry);
         if let Some(dir) = cgroup.filter(|d| d.exists()) {
             let id = id.clone();
             tokio::spawn(async move {
-                if let Err(e) = tree::reap_tree(Some(dir), 0, Duration::from_secs(10)).await {
+                if let Err(e) = tree::reap_tree(dir, Duration::from_secs(10)).await {
                     tracing::warn!(server = %id, "could not clean up the old cgroup: {e}");
                 }
             });
@@ -650,7 +748,7 @@ impl Supervisor {
                 if known.is_some() {
                     // Another instance of this server is recorded: this is a leftover tree.
                     tracing::warn!(server = %id, cgroup = %path.display(), "killing a stale server tree");
-                    let _ = tree::kill_tree(Some(&path), 0);
+                    let _ = tree::kill_cgroup(&path);
                     continue;
                 }
                 match recover_from_cgroup(&id, instance, &path, config) {
@@ -662,19 +760,8 @@ impl Supervisor {
                             "re-adopted from its cgroup (its record was lost)"
                         );
                         self.bump_instance(instance);
-                        let timeouts = config
-                            .profile("")
-                            .map(|p| StopTimeouts {
-                                interrupt: p.interrupt_timeout,
-                                term: p.term_timeout,
-                                kill: p.kill_timeout,
-                            })
-                            .unwrap_or(StopTimeouts {
-                                interrupt: Duration::from_secs(30),
-                                term: Duration::from_secs(30),
-                                kill: Duration::from_secs(5),
-                            });
-                        self.insert_adopted(&id, &rec, timeouts, pidfd);
+                        let timeouts = StopTimeouts::of_record(&rec);
+                        self.insert_adopted(&id, &rec, timeouts, pidfd, &config.log_dir);
                         found += 1;
                     }
                     Err(why) => tracing::warn!(
@@ -694,8 +781,11 @@ impl Supervisor {
         if let Some(e) = table.get(id).filter(|e| e.instance == instance)
             && let Some(p) = &e.process
         {
-            let _ = tree::kill_tree(e.cgroup.as_deref(), e.pid);
-            let _ = sys::pidfd_send_signal(p.pidfd.as_fd(), libc::SIGKILL);
+            let _ = match &e.cgroup {
+                Some(dir) => tree::kill_cgroup(dir),
+                None => p.leader.kill_group(),
+            };
+            let _ = p.leader.signal(libc::SIGKILL);
         }
     }
 
@@ -744,6 +834,54 @@ impl Supervisor {
             .count();
         ((table.len() - exited) as u32, exited as u32)
     }
+}
+
+/// Checks a record against the policy before anything in it is used (records live in a
+/// root-only directory, but one restored from a backup, edited by hand or written by a bug must
+/// not make the daemon signal, read or remove what it names): the uid must be one that may
+/// have a server, the pid a process's, the cgroup exactly the one the daemon makes for this
+/// server under its own base, the timeouts within the configuration's bounds. The log path is
+/// never taken from a record: it is derived from the configuration.
+fn vet(mut rec: Record, config: &crate::config::Config, tree: &TreeMode) -> Result<Record, String> {
+    if rec.uid == 0 || rec.uid < config.min_uid {
+        return Err(format!(
+            "uid {} may not have a server (root, or below min_uid {})",
+            rec.uid, config.min_uid
+        ));
+    }
+    if rec.pid <= 1 && rec.exit.is_none() {
+        return Err(format!("pid {} is not a server's", rec.pid));
+    }
+    match (tree, &rec.cgroup) {
+        (_, None) => {}
+        (TreeMode::Cgroup { base }, Some(dir)) => {
+            let expected = tree::cgroup_dir(base, &rec.user, &rec.server, rec.instance);
+            if *dir != expected {
+                return Err(format!(
+                    "its cgroup {} is not the one spawnd makes for this server ({})",
+                    dir.display(),
+                    expected.display()
+                ));
+            }
+        }
+        (TreeMode::ProcessGroup { .. }, Some(dir)) => {
+            tracing::warn!(
+                server = %rec.id(),
+                "the recorded cgroup {} is not used: cgroups are off now",
+                dir.display()
+            );
+            rec.cgroup = None;
+        }
+    }
+    let max_ms = crate::config::MAX_TIMEOUT_SECS * 1000;
+    for ms in [
+        &mut rec.interrupt_timeout_ms,
+        &mut rec.term_timeout_ms,
+        &mut rec.kill_timeout_ms,
+    ] {
+        *ms = (*ms).min(max_ms);
+    }
+    Ok(rec)
 }
 
 /// What [`Supervisor::recover`] found.
@@ -813,6 +951,12 @@ fn recover_from_cgroup(
         .flatten()
         .ok_or_else(|| format!("user {} no longer exists", id.user))?;
     let uid = user.uid.as_raw();
+    if uid == 0 || uid < config.min_uid {
+        return Err(format!(
+            "user {} has uid {uid}, which may not have a server (root, or below min_uid {})",
+            id.user, config.min_uid
+        ));
+    }
     let main = procs
         .lines()
         .filter_map(|l| l.trim().parse::<i32>().ok())
@@ -824,8 +968,8 @@ fn recover_from_cgroup(
     let (start_ticks, pid) = main;
     let pidfd = adopt(pid, start_ticks, uid, Some(cgroup))?;
     let now = epoch_secs(SystemTime::now());
-    let timeouts = config.profile("");
-    let ms = |d: Option<Duration>, dflt: u64| d.map_or(dflt, |d| d.as_millis() as u64);
+    let timeouts = StopTimeouts::of(config.profile(""));
+    let ms = |d: Duration| d.as_millis() as u64;
     let record = Record {
         version: RECORD_VERSION,
         user: id.user.clone(),
@@ -838,23 +982,43 @@ fn recover_from_cgroup(
         cgroup: Some(cgroup.to_path_buf()),
         profile: "(recovered)".into(),
         port: None,
-        log_path: crate::logs::log_path(&config.log_dir, &id.user, &id.server),
         started_at: now,
         exit: None,
         exited_at: None,
-        interrupt_timeout_ms: ms(timeouts.map(|p| p.interrupt_timeout), 30_000),
-        term_timeout_ms: ms(timeouts.map(|p| p.term_timeout), 30_000),
-        kill_timeout_ms: ms(timeouts.map(|p| p.kill_timeout), 5_000),
+        interrupt_timeout_ms: ms(timeouts.interrupt),
+        term_timeout_ms: ms(timeouts.term),
+        kill_timeout_ms: ms(timeouts.kill),
     };
     Ok((record, pidfd))
 }
 
-/// Waits until the process behind `pidfd` exits, and reaps it.
-async fn wait_exit(pidfd: Arc<OwnedFd>) -> ExitStatus {
+/// Waits until the leader exits and reaps it; with `kill_group` (process-group mode), kills
+/// its group first, while the unreaped leader still holds the group id.
+async fn wait_exit(leader: &Leader, kill_group: bool) -> ExitStatus {
     let to_status = |r: Reaped| match r {
         Reaped::Exited(c) => ExitStatus::Code(c),
         Reaped::Killed(s) => ExitStatus::Signal(s),
     };
+    let reap = |wait: &dyn Fn() -> std::io::Result<Option<Reaped>>| -> Option<ExitStatus> {
+        let mut reaped = leader.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if kill_group && let Err(e) = leader.kill_group_unreaped() {
+            tracing::warn!(pid = leader.pid, "could not kill the process group: {e}");
+        }
+        let status = match wait() {
+            Ok(Some(r)) => to_status(r),
+            Ok(None) => return None,
+            // Not our child (re-adopted after a daemon restart): it has exited, but only its
+            // parent learns how.
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => ExitStatus::Unknown,
+            Err(e) => {
+                tracing::error!("waitid on a pidfd failed: {e}");
+                ExitStatus::Unknown
+            }
+        };
+        *reaped = true;
+        Some(status)
+    };
+    let pidfd = &leader.pidfd;
     // SAFETY: the AsyncFd owns a clone of the Arc, so the pidfd stays open and is not replaced
     // for as long as it is registered.
     let registered =
@@ -868,26 +1032,18 @@ async fn wait_exit(pidfd: Arc<OwnedFd>) -> ExitStatus {
                     break;
                 }
             };
-            match sys::waitid_pidfd(pidfd.as_fd()) {
-                Ok(Some(r)) => return to_status(r),
-                Ok(None) => guard.clear_ready(),
-                // Not our child (re-adopted after a daemon restart): it has exited, but only
-                // its parent learns how.
-                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return ExitStatus::Unknown,
-                Err(e) => {
-                    tracing::error!("waitid on a pidfd failed: {e}");
-                    return ExitStatus::Unknown;
-                }
+            // Readable: the leader has exited (it is a zombie until reaped here).
+            match reap(&|| sys::waitid_pidfd(pidfd.as_fd())) {
+                Some(status) => return status,
+                None => guard.clear_ready(),
             }
         },
         Err(e) => tracing::error!("cannot register a pidfd with the event loop: {e}"),
     }
-    // Fallback: a blocking wait on a blocking thread.
+    // Fallback: a blocking wait for the exit on a blocking thread, then the reaping as above.
     let fd = pidfd.clone();
-    match tokio::task::spawn_blocking(move || sys::waitid_pidfd_blocking(fd.as_fd())).await {
-        Ok(Ok(r)) => to_status(r),
-        _ => ExitStatus::Unknown,
-    }
+    let _ = tokio::task::spawn_blocking(move || sys::wait_pidfd_readable(fd.as_fd())).await;
+    reap(&|| sys::waitid_pidfd(pidfd.as_fd())).unwrap_or(ExitStatus::Unknown)
 }
 
 /// Waits up to `timeout` for the server to be gone; true if it is.

@@ -59,6 +59,27 @@ pub fn waitid_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<Reaped> {
     }
 }
 
+/// Blocks until the process behind `pidfd` has exited (its pidfd is readable), without reaping
+/// it; works for processes that are not our children too.
+pub fn wait_pidfd_readable(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        let mut pollfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        let n = unsafe { libc::poll(&mut pollfd, 1, -1) };
+        if n > 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if n < 0 && e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 fn waitid(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<Option<Reaped>> {
     // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };

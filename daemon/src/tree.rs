@@ -135,22 +135,23 @@ fn auto_base() -> Result<PathBuf, String> {
     }
 }
 
-/// Kills every process in the cgroup (`cgroup.kill`), or SIGKILLs the process group `pgid`.
-pub fn kill_tree(cgroup: Option<&Path>, pgid: i32) -> io::Result<()> {
-    match cgroup {
-        Some(dir) => std::fs::write(dir.join("cgroup.kill"), b"1"),
-        None => {
-            // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
-            // The group id is the server's pid, which the kernel does not hand out again while
-            // a group with that id exists, so this never hits an unrelated group.
-            let r = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let err = io::Error::last_os_error();
-            if r < 0 && err.raw_os_error() != Some(libc::ESRCH) {
-                return Err(err);
-            }
-            Ok(())
-        }
+/// Kills every process in the cgroup (`cgroup.kill`).
+pub fn kill_cgroup(dir: &Path) -> io::Result<()> {
+    std::fs::write(dir.join("cgroup.kill"), b"1")
+}
+
+/// SIGKILLs the process group `pgid` (process-group mode: a server's group id is its pid).
+/// Only for a caller that knows the group's leader has not been reaped: a group id is handed
+/// out again once its leader is reaped and its last member gone (see
+/// `supervisor::Leader::kill_group`).
+pub fn kill_group(pgid: i32) -> io::Result<()> {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+    let r = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let err = io::Error::last_os_error();
+    if r < 0 && err.raw_os_error() != Some(libc::ESRCH) {
+        return Err(err);
     }
+    Ok(())
 }
 
 /// Whether the cgroup still holds processes (`populated 1` in `cgroup.events`).
@@ -165,7 +166,7 @@ pub fn populated(cgroup: &Path) -> bool {
 /// server of the user has one, the user's directory.
 pub fn discard(dir: &Path) {
     if populated(dir) {
-        let _ = kill_tree(Some(dir), 0);
+        let _ = kill_cgroup(dir);
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while populated(dir) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -177,14 +178,11 @@ pub fn discard(dir: &Path) {
     }
 }
 
-/// Kills whatever is left of a server's tree after its main process exited, waits (bounded)
+/// Kills whatever is left in a server's cgroup after its main process exited, waits (bounded)
 /// until the cgroup is empty, and removes it.
-pub async fn reap_tree(cgroup: Option<PathBuf>, pgid: i32, timeout: Duration) -> io::Result<()> {
-    let Some(dir) = cgroup else {
-        return kill_tree(None, pgid);
-    };
+pub async fn reap_tree(dir: PathBuf, timeout: Duration) -> io::Result<()> {
     if populated(&dir) {
-        kill_tree(Some(&dir), pgid)?;
+        kill_cgroup(&dir)?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut wait = Duration::from_millis(1);
         while populated(&dir) {
