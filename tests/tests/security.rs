@@ -11,7 +11,7 @@ use spawnd_client::Client;
 use spawnd_protocol::{ErrorKind, StartRequest};
 use spawnd_tests::{
     DaemonOptions, Profile, TestDaemon, TestUser, expect_err, procfs, require_root, sid,
-    standard_profiles, start, start_req, users, wait_for,
+    standard_profiles, start, start_req, users, wait_for, wait_for_async,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -275,4 +275,267 @@ async fn a_launcher_that_dies_fails_its_starts_and_is_replaced() {
     hub.stop(&sid(&u.b.name, ""), None, true)
         .await
         .expect("stop");
+}
+
+/// Makes a process of `user` in a session of its own (so its process group id is its pid)
+/// whose pid is `pid`, by setting the kernel's last pid just below it. Retries: other
+/// processes on the machine may take the number first.
+fn impostor_with_pid(pid: u32, user: &TestUser) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let mut cmd = std::process::Command::new("/bin/sleep");
+        cmd.arg("60").uid(user.uid).gid(user.gid);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().ok()?;
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+/// Finding 13: in process-group mode, the group of a server whose leader has been reaped must
+/// never be signalled: its id may belong to an unrelated process by then. Here a re-adopted
+/// server (another process's child after a daemon restart) exits while the daemon is stopped,
+/// its parent reaps it, and an unrelated process of another user gets its pid and leads a
+/// group with that id; when the daemon resumes and sees the exit, that process must survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_group_is_never_signalled_after_its_leader_is_gone() {
+    require_root!();
+    let u = users();
+    let mut d = TestDaemon::start(DaemonOptions {
+        cgroup: false,
+        ..options("")
+    });
+    let server = {
+        let hub = d.hub_client().await;
+        start(&hub, start_req(&u.a.name, "", "")).await.pid
+    };
+    // A restart: the server is re-adopted, no longer the daemon's child.
+    d.kill_hard();
+    d.restart();
+    let hub = d.hub_client().await;
+    let polled = hub.poll(&sid(&u.a.name, ""), None).await.expect("poll");
+    assert_eq!(polled.state, spawnd_protocol::ServerState::Running);
+    let daemon = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP spawnd");
+    // SAFETY: kill(2) of the server started above.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    let reaped = wait_for(Duration::from_secs(10), || is_gone(server).then_some(()));
+    let impostor = reaped.and_then(|()| impostor_with_pid(server, &u.b));
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT spawnd");
+    let Some(mut impostor) = impostor else {
+        panic!("could not make a process with the server's pid {server} (reaped: {reaped:?})");
+    };
+    assert_eq!(
+        procfs::pgrp(server),
+        Some(server),
+        "the impostor leads its group"
+    );
+    // The daemon sees the exit ...
+    let exited = wait_for_async(Duration::from_secs(10), || async {
+        let polled = hub.poll(&sid(&u.a.name, ""), None).await.ok()?;
+        matches!(polled.state, spawnd_protocol::ServerState::Exited(_)).then_some(())
+    })
+    .await;
+    assert!(exited.is_some(), "the daemon did not see the server's exit");
+    // ... and signals no group: the unrelated process lives on.
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = matches!(impostor.try_wait(), Ok(None));
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    assert!(
+        alive,
+        "an unrelated process that got the server's pid was killed"
+    );
+    let _ = hub.stop(&sid(&u.a.name, ""), None, true).await;
+}
+
+/// Writes a server record as a (forged) state file: the format's fields, plus `log_path`,
+/// which earlier versions recorded and read back.
+fn forge_record(d: &TestDaemon, server: &str, fields: serde_json::Value) {
+    let u = users();
+    let mut record = serde_json::json!({
+        "version": 1,
+        "user": u.a.name,
+        "server": server,
+        "uid": u.a.uid,
+        "owner_uid": u.hub.uid,
+        "instance": 7,
+        "pid": 0,
+        "start_ticks": 0,
+        "cgroup": null,
+        "profile": "sleeper",
+        "port": null,
+        "log_path": format!("{}/{}/{server}.log", d.log_dir().display(), u.a.name),
+        "started_at": 1,
+        "exit": null,
+        "exited_at": null,
+        "interrupt_timeout_ms": 100,
+        "term_timeout_ms": 100,
+        "kill_timeout_ms": 100,
+    });
+    for (k, v) in fields.as_object().expect("an object") {
+        record[k] = v.clone();
+    }
+    let path = d.record_path(&u.a.name, server);
+    std::fs::create_dir_all(path.parent().expect("a directory")).expect("mkdir");
+    std::fs::write(&path, serde_json::to_vec(&record).expect("json")).expect("write record");
+}
+
+/// Finding 10: the state directory's records are trusted only as far as the policy allows. A
+/// forged record (restored from a backup, edited, written by a bug) naming a root process, a
+/// file outside the log directory or a cgroup outside the daemon's base must not make the
+/// daemon signal, read or kill them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_state_records_are_checked_before_anything_they_name_is_used() {
+    require_root!();
+    let u = users();
+    let mut d = TestDaemon::start(options(""));
+    require_cgroup!(d);
+    let root = spawnd_tests::cgroup_v2_root().expect("a cgroup v2 root");
+    // A root process, a root-only file, and a cgroup outside the daemon's base holding
+    // another root process.
+    let mut root_process = std::process::Command::new("/bin/sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    let root_pid = root_process.id();
+    let ticks: u64 = procfs::stat_fields(root_pid).expect("stat")[19]
+        .parse()
+        .expect("start time");
+    let secret = d.log_dir().parent().expect("test dir").join("root-secret");
+    std::fs::write(&secret, "ROOT-ONLY-SECRET\n").expect("secret");
+    let foreign = root.join(format!("spawnd-test-foreign-{}", std::process::id()));
+    let _ = std::fs::remove_dir(&foreign);
+    std::fs::create_dir(&foreign).expect("mkdir foreign cgroup");
+    let mut foreign_process = std::process::Command::new("/bin/sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    std::fs::write(
+        foreign.join("cgroup.procs"),
+        foreign_process.id().to_string(),
+    )
+    .expect("move into the foreign cgroup");
+
+    d.kill_hard();
+    forge_record(
+        &d,
+        "root-process",
+        serde_json::json!({ "uid": 0, "pid": root_pid, "start_ticks": ticks }),
+    );
+    forge_record(
+        &d,
+        "stolen-log",
+        serde_json::json!({ "log_path": secret, "exit": { "Code": 0 }, "exited_at": 1 }),
+    );
+    forge_record(
+        &d,
+        "foreign-cgroup",
+        serde_json::json!({ "pid": 999_999, "cgroup": foreign }),
+    );
+    d.restart();
+    let admin = d.admin_client().await;
+
+    let mut problems = Vec::new();
+    // The root process is no server: not adopted, so nothing can signal it through spawnd.
+    let _ = admin
+        .stop(&sid(&u.a.name, "root-process"), None, true)
+        .await;
+    // The forged log path is never read.
+    if let Ok(tail) = admin.logs(&sid(&u.a.name, "stolen-log"), 100).await
+        && tail.lines.iter().any(|l| l.contains("ROOT-ONLY-SECRET"))
+    {
+        problems.push(format!(
+            "a forged record's log path was read back: {tail:?}"
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    if !matches!(root_process.try_wait(), Ok(None)) {
+        problems.push("a root process named by a forged record was signalled".to_owned());
+    }
+    if !matches!(foreign_process.try_wait(), Ok(None)) {
+        problems.push(
+            "a cgroup outside the daemon's base, named by a forged record, was killed".to_owned(),
+        );
+    }
+    for p in [&mut root_process, &mut foreign_process] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let _ = std::fs::remove_dir(&foreign);
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The records that fail the checks are set aside for the operator and said so.
+    let aside: Vec<String> = std::fs::read_dir(
+        d.record_path(&u.a.name, "x")
+            .parent()
+            .expect("the user's record directory"),
+    )
+    .expect("records")
+    .flatten()
+    .map(|e| e.file_name().to_string_lossy().into_owned())
+    .filter(|n| n.contains(".json.invalid-"))
+    .collect();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    assert!(d.stderr().contains("INVALID SERVER RECORD"));
+}
+
+/// Finding 11: `deny_users` holds for the account, not only for the name written there: a
+/// second passwd entry with the same uid (as `toor` is for `root` on some systems, or an alias
+/// a directory service answers to) must not get the denied account a server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_users_holds_for_every_name_of_the_account() {
+    require_root!();
+    let u = users();
+    let denied = spawnd_tests::add_test_user("denied", &["-m", "-G", &u.group.name]);
+    let uid = denied.uid.to_string();
+    let alias = spawnd_tests::add_test_user(
+        "denialias",
+        &[
+            "-o",
+            "-u",
+            &uid,
+            "-g",
+            &u.group.name,
+            "-M",
+            "-d",
+            &denied.home.display().to_string(),
+        ],
+    );
+    assert_eq!(alias.uid, denied.uid);
+    let d = TestDaemon::start(DaemonOptions {
+        deny_users: vec![denied.name.clone()],
+        ..options("")
+    });
+    let hub = d.hub_client().await;
+    let e = expect_err(
+        hub.start(start_req(&denied.name, "", "")).await,
+        ErrorKind::PolicyDenied,
+    );
+    assert!(e.message.contains("deny_users"), "{}", e.message);
+    let e = expect_err(
+        hub.start(start_req(&alias.name, "", "")).await,
+        ErrorKind::PolicyDenied,
+    );
+    assert!(
+        e.message.contains("deny_users") && e.message.contains(&uid),
+        "{}",
+        e.message
+    );
+    assert!(
+        procfs::pids_of_uid(denied.uid).is_empty(),
+        "a process of the denied account runs"
+    );
 }
