@@ -34,6 +34,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/spawnd";
 pub const DEFAULT_LOG_DIR: &str = "/var/log/spawnd";
 /// Default for `log_keep`.
 pub const DEFAULT_LOG_KEEP: u32 = 3;
+/// Default for `log_max_size`: logs are root's and outside the users' quotas, so a notebook
+/// that prints without end must not be able to fill the log file system.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 64 << 20;
+/// Smallest accepted `log_max_size` (a cut keeps the newest half).
+pub const MIN_LOG_MAX_SIZE: u64 = 64 << 10;
 /// Largest accepted `log_keep`.
 pub const MAX_LOG_KEEP: u32 = 100;
 /// Default for `min_uid`.
@@ -96,6 +101,7 @@ const TOP_KEYS: &[&str] = &[
     "state_dir",
     "log_dir",
     "log_keep",
+    "log_max_size",
     "cgroup",
     "on_shutdown",
     "max_connections",
@@ -331,6 +337,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
     pub log_keep: u32,
+    /// A running server's log is cut (its oldest part removed) when it grows past this many
+    /// bytes; `None`: never.
+    pub log_max_size: Option<u64>,
     pub cgroup: CgroupSetting,
     pub on_shutdown: OnShutdown,
     pub limits: Limits,
@@ -552,6 +561,31 @@ impl Config {
             },
         };
 
+        let log_max_size = match table.remove("log_max_size") {
+            None => Some(Some(DEFAULT_LOG_MAX_SIZE)),
+            Some(Value::String(s)) if s == "unlimited" => Some(None),
+            Some(v) => {
+                let size = match &v {
+                    Value::Integer(n) => u64::try_from(*n).ok(),
+                    Value::String(s) => parse_size(s),
+                    _ => None,
+                };
+                match size {
+                    Some(n) if n >= MIN_LOG_MAX_SIZE => Some(Some(n)),
+                    _ => {
+                        p.add(
+                            "log_max_size",
+                            format!(
+                                "{v} is not a size of at least 64K; give bytes or a size such \
+                                 as \"64M\", or \"unlimited\""
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+
         let cgroup = match take_string(&mut table, "cgroup", "cgroup", &mut p) {
             Got::Absent => Some(CgroupSetting::Auto),
             Got::Invalid => None,
@@ -719,6 +753,7 @@ impl Config {
             state_dir: state_dir.unwrap_or_default(),
             log_dir: log_dir.unwrap_or_default(),
             log_keep: log_keep.unwrap_or_default(),
+            log_max_size: log_max_size.flatten(),
             cgroup: cgroup.unwrap_or(CgroupSetting::Auto),
             on_shutdown: on_shutdown.unwrap_or_default(),
             limits,

@@ -6,7 +6,7 @@ use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
 use nix::unistd::{Gid, Group, Uid, fchown};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The file name used for a server: the server name, or `@default` for the default server
@@ -109,15 +109,14 @@ pub fn open_server_log(
             Err(e) => return Err(errno_io(e)),
         }
     }
-    let mut flags = OFlag::O_WRONLY
+    // Never O_TRUNC here: the file is checked first, then emptied through the descriptor (a
+    // hard link placed under this name must not have its other names' file emptied).
+    let flags = OFlag::O_WRONLY
         | OFlag::O_CREAT
         | OFlag::O_APPEND
         | OFlag::O_NOFOLLOW
         | OFlag::O_CLOEXEC
         | OFlag::O_NOCTTY;
-    if keep == 0 {
-        flags |= OFlag::O_TRUNC;
-    }
     let file = openat(
         &dir,
         name.as_str(),
@@ -125,19 +124,120 @@ pub fn open_server_log(
         Mode::from_bits_truncate(file_mode),
     )
     .map_err(errno_io)?;
-    let st = fstat(&file).map_err(errno_io)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "log file {} is not a plain file",
-                log_dir.join(user).join(&name).display()
-            ),
-        ));
+    let path = log_dir.join(user).join(&name);
+    check_plain_file(&file, &path)?;
+    if keep == 0 {
+        nix::unistd::ftruncate(&file, 0).map_err(errno_io)?;
     }
     fchown(&file, Some(Uid::from_raw(0)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
     fchmod(&file, Mode::from_bits_truncate(file_mode)).map_err(errno_io)?;
-    Ok((file, log_dir.join(user).join(name)))
+    Ok((file, path))
+}
+
+/// A log must be a regular file with exactly one name: a hard link (another name for a file
+/// elsewhere) is never written, emptied or read back.
+fn check_plain_file(file: &impl AsFd, path: &Path) -> io::Result<nix::sys::stat::FileStat> {
+    let st = fstat(file).map_err(errno_io)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("log file {} is not a plain file; remove it", path.display()),
+        ));
+    }
+    if st.st_nlink != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "log file {} has {} names (hard links), so it is another file too; remove it",
+                path.display(),
+                st.st_nlink
+            ),
+        ));
+    }
+    Ok(st)
+}
+
+/// The file (device, inode) of an open log: how a restarted daemon recognises a server's log.
+pub fn file_id(file: &impl AsFd) -> io::Result<(u64, u64)> {
+    let st = fstat(file).map_err(errno_io)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Opens a running server's log again (a re-adopted server's), for watching its size: only if
+/// it is still the file recorded at its start (`id` from [`file_id`]), a plain root-owned file.
+pub fn reopen_server_log(path: &Path, id: (u64, u64)) -> io::Result<OwnedFd> {
+    let file = nix::fcntl::open(
+        path,
+        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(errno_io)?;
+    let st = check_plain_file(&file, path)?;
+    if (st.st_dev, st.st_ino) != id || st.st_uid != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is no longer the server's log (rotated or replaced)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// What [`cut`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The oldest bytes were removed from the file (FALLOC_FL_COLLAPSE_RANGE): the newest
+    /// part stays.
+    Collapsed(u64),
+    /// The file system cannot remove a file's start: the file was emptied.
+    Truncated(u64),
+}
+
+/// Cuts a log that grew past `max` bytes: removes its oldest part so that about half of `max`
+/// stays (where the file system can, else empties it), and appends a line saying so. The
+/// server keeps writing through its own descriptor, at the new end (O_APPEND).
+pub fn cut(file: &OwnedFd, max: u64) -> io::Result<Option<Cut>> {
+    let size = fstat(file).map_err(errno_io)?.st_size as u64;
+    if size <= max {
+        return Ok(None);
+    }
+    let block = nix::sys::statfs::fstatfs(file)
+        .map_err(errno_io)?
+        .block_size()
+        .max(1) as u64;
+    // Whole blocks only, and never the file's end (the collapse must leave data behind it).
+    let remove = (size - max / 2) / block * block;
+    let done = if remove > 0 {
+        match nix::fcntl::fallocate(
+            file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_COLLAPSE_RANGE,
+            0,
+            remove as libc::off_t,
+        ) {
+            Ok(()) => Cut::Collapsed(remove),
+            Err(Errno::EOPNOTSUPP | Errno::EINVAL) => truncate(file, size)?,
+            Err(e) => return Err(errno_io(e)),
+        }
+    } else {
+        truncate(file, size)?
+    };
+    let removed = match done {
+        Cut::Collapsed(n) | Cut::Truncated(n) => n,
+    };
+    let line = format!(
+        "[spawnd: this log passed log_max_size ({max} bytes): its oldest {removed} bytes were \
+         removed]\n"
+    );
+    // SAFETY: write(2) of a local buffer to a descriptor we own (O_APPEND: at the end).
+    unsafe { libc::write(file.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+    Ok(Some(done))
+}
+
+fn truncate(file: &OwnedFd, size: u64) -> io::Result<Cut> {
+    nix::unistd::ftruncate(file, 0).map_err(errno_io)?;
+    Ok(Cut::Truncated(size))
 }
 
 /// The last `lines` lines of a log, reading at most `max_bytes` from its end. Returns the lines
@@ -148,10 +248,11 @@ pub fn tail(path: &Path, lines: usize, max_bytes: u64) -> io::Result<(Vec<String
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let st = check_plain_file(&file, path)?;
+    if st.st_uid != 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "not a plain file",
+            format!("log file {} is not root's; remove it", path.display()),
         ));
     }
     let len = file.seek(SeekFrom::End(0))?;

@@ -159,6 +159,7 @@ fn run(config_path: &Path) -> Result<()> {
         let source = config.source.clone();
         let daemon = Daemon::new(config, supervisor, launcher);
         tokio::spawn(daemon.clone().serve(listener));
+        tokio::spawn(daemon.clone().watch_log_sizes());
         notify(&[NotifyState::Ready]);
         tokio::spawn(report_to_systemd(daemon.clone()));
         signals.run(daemon, source).await

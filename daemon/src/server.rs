@@ -65,6 +65,9 @@ impl Drop for Admitted {
 
 type Reply = Result<Response, ErrorReply>;
 
+/// How often the logs of running servers are checked against `log_max_size`.
+const LOG_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(kind, message)
 }
@@ -144,6 +147,38 @@ impl Daemon {
                     tokio::spawn(refuse_busy(socket, why));
                 }
             }
+        }
+    }
+
+    /// Cuts the logs of running servers that grew past `log_max_size`, every
+    /// [`LOG_CHECK_INTERVAL`]: a log is root's and outside its user's quota, so one that grows
+    /// without end would fill the log file system. It may overshoot by what the server writes
+    /// between two checks.
+    pub async fn watch_log_sizes(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(LOG_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(max) = self.config().log_max_size else {
+                continue;
+            };
+            let running = self.supervisor.running_logs();
+            if running.is_empty() {
+                continue;
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                for (id, log) in running {
+                    match logs::cut(&log, max) {
+                        Ok(Some(cut)) => tracing::warn!(
+                            server = %id,
+                            "its log passed log_max_size ({max} bytes) and was cut: {cut:?}"
+                        ),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(server = %id, "could not cut its log: {e}"),
+                    }
+                }
+            })
+            .await;
         }
     }
 
@@ -558,7 +593,7 @@ fn prepare_and_launch(
     })?;
     let pid = launched.pid;
     let sup = &daemon.supervisor;
-    sup.running(r, launched, cgroup_dir, log_path.clone());
+    sup.running(r, launched, cgroup_dir, log_path.clone(), spec.into_log());
     if let Err(e) = sup.persist(&req.server) {
         // A server the next daemon could not find again must not run: take it down.
         tracing::error!(server = %req.server, "could not record the server, stopping it: {e}");

@@ -42,6 +42,10 @@ pub struct Record {
     pub cgroup: Option<PathBuf>,
     pub profile: String,
     pub port: Option<u16>,
+    /// The log file (device, inode) the server writes, so that a restarted daemon can watch
+    /// its size again (only while the file under the log's name is still that one).
+    #[serde(default)]
+    pub log_file: Option<(u64, u64)>,
     /// Seconds since the Unix epoch.
     pub started_at: u64,
     /// Set once the daemon saw the server exit (it stays until the hub stops it).
@@ -366,6 +370,7 @@ mod tests {
             cgroup: Some("/sys/fs/cgroup/x".into()),
             profile: "default".into(),
             port: Some(8888),
+            log_file: Some((1, 2)),
             started_at: 1,
             exit: None,
             exited_at: None,

@@ -129,6 +129,10 @@ struct Entry {
     started_at: SystemTime,
     exited_at: Option<SystemTime>,
     log_path: PathBuf,
+    /// The log the server writes: the file (device, inode) and a descriptor of the daemon's
+    /// own to watch its size (`None` where it cannot be vouched for, after a restart).
+    log_file: Option<(u64, u64)>,
+    log: Option<Arc<OwnedFd>>,
     timeouts: StopTimeouts,
     state: ServerState,
     process: Option<Process>,
@@ -221,6 +225,7 @@ impl Entry {
             cgroup: self.cgroup.clone(),
             profile: self.profile.clone(),
             port: self.port,
+            log_file: self.log_file,
             started_at: epoch_secs(self.started_at),
             exit: match self.state {
                 ServerState::Exited(e) => Some(e),
@@ -332,6 +337,8 @@ impl Supervisor {
                 started_at: SystemTime::now(),
                 exited_at: None,
                 log_path: new.log_path,
+                log_file: None,
+                log: None,
                 timeouts: new.timeouts,
                 state: ServerState::Starting,
                 process: None,
@@ -361,6 +368,7 @@ impl Supervisor {
         launched: Launched,
         cgroup: Option<PathBuf>,
         log_path: PathBuf,
+        log: OwnedFd,
     ) {
         // Our unreaped child: /proc/PID is certainly it.
         let start_ticks = sys::process_start_time(launched.pid).unwrap_or(0);
@@ -376,6 +384,8 @@ impl Supervisor {
                 e.state = ServerState::Running;
                 e.process = Some(process);
                 e.log_path = log_path;
+                e.log_file = crate::logs::file_id(&log).ok();
+                e.log = Some(Arc::new(log));
                 e.start_ticks = start_ticks;
                 e.pid = launched.pid;
                 e.cgroup = cgroup.clone();
@@ -413,6 +423,7 @@ impl Supervisor {
         if let Some(e) = table.get_mut(id).filter(|e| e.instance == instance) {
             e.state = ServerState::Exited(status);
             e.exited_at = Some(SystemTime::now());
+            e.log = None;
             let pid = e.pid;
             tracing::info!(server = %id, instance, pid, "server exited: {status}");
         }
@@ -427,6 +438,15 @@ impl Supervisor {
             pid: e.pid as u32,
             state: e.state,
         })
+    }
+
+    /// The logs of the servers that run, to watch their size.
+    pub fn running_logs(&self) -> Vec<(ServerId, Arc<OwnedFd>)> {
+        self.table()
+            .iter()
+            .filter(|(_, e)| matches!(e.state, ServerState::Running | ServerState::Stopping))
+            .filter_map(|(id, e)| Some((id.clone(), e.log.clone()?)))
+            .collect()
     }
 
     /// The log file of a known server.
@@ -650,6 +670,8 @@ impl Supervisor {
             started_at: at(rec.started_at),
             exited_at: rec.exited_at.map(at),
             log_path,
+            log_file: rec.log_file,
+            log: None,
             timeouts,
             state,
             process: None,
@@ -670,7 +692,17 @@ impl Supervisor {
         let (tx, rx) = watch::channel(false);
         let leader = Leader::new(rec.pid, pidfd);
         let log_path = crate::logs::log_path(log_dir, &rec.user, &rec.server);
+        // The size of its log is watched again only if the file under that name is still the
+        // one it writes.
+        let log = rec.log_file.and_then(|file| {
+            crate::logs::reopen_server_log(&log_path, file)
+                .inspect_err(|e| {
+                    tracing::warn!(server = %id, "its log size is not watched: {e}");
+                })
+                .ok()
+        });
         let mut entry = Self::entry_from(rec, timeouts, ServerState::Running, log_path);
+        entry.log = log.map(Arc::new);
         entry.process = Some(Process {
             leader: leader.clone(),
             gone: rx,
@@ -982,6 +1014,7 @@ fn recover_from_cgroup(
         cgroup: Some(cgroup.to_path_buf()),
         profile: "(recovered)".into(),
         port: None,
+        log_file: None,
         started_at: now,
         exit: None,
         exited_at: None,

@@ -363,9 +363,9 @@ impl LaunchSpec {
         self
     }
 
-    /// The log the server writes (the daemon keeps its own descriptor to watch its size).
-    pub fn log(&self) -> &OwnedFd {
-        &self.log
+    /// The log the server writes (the daemon keeps its descriptor, to watch the log's size).
+    pub fn into_log(self) -> OwnedFd {
+        self.log
     }
 }
 
