@@ -539,3 +539,83 @@ async fn deny_users_holds_for_every_name_of_the_account() {
         "a process of the denied account runs"
     );
 }
+
+/// Finding 9: a log is read back, written and emptied only if it is a plain file with one
+/// name: a hard link placed in a log directory (to a file of root's) is never read back by
+/// `logs`, and with `log_keep = 0` the file behind it is never emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_in_a_log_directory_is_never_read_back_or_emptied() {
+    require_root!();
+    let u = users();
+    let d = TestDaemon::start(options("log_keep = 0"));
+    let secret = d.log_dir().parent().expect("test dir").join("root-secret");
+    std::fs::write(&secret, "ROOT-ONLY-SECRET\n").expect("secret");
+    let user_logs = d.log_dir().join(&u.a.name);
+    std::fs::create_dir_all(&user_logs).expect("mkdir");
+    std::fs::hard_link(&secret, user_logs.join("@default.log")).expect("link");
+    std::fs::hard_link(&secret, user_logs.join("gpu.log")).expect("link");
+    let admin = d.admin_client().await;
+    let mut problems = Vec::new();
+    match admin.logs(&sid(&u.a.name, ""), 100).await {
+        Ok(tail) if tail.lines.iter().any(|l| l.contains("ROOT-ONLY-SECRET")) => {
+            problems.push(format!("a hard-linked file was read back: {tail:?}"));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let message = e.to_string();
+            if !message.contains("hard links") {
+                problems.push(format!("reading it back failed unclearly: {message}"));
+            }
+        }
+    }
+    let hub = d.hub_client().await;
+    match hub.start(start_req(&u.a.name, "gpu", "")).await {
+        Ok(_) => problems.push("a server was started onto a hard-linked log".to_owned()),
+        Err(e) if !e.to_string().contains("hard links") => {
+            problems.push(format!("the start failed unclearly: {e}"));
+        }
+        Err(_) => {}
+    }
+    let content = std::fs::read_to_string(&secret).expect("read the secret");
+    if content != "ROOT-ONLY-SECRET\n" {
+        problems.push(format!("the file behind the link was changed: {content:?}"));
+    }
+    let _ = hub.stop(&sid(&u.a.name, "gpu"), None, true).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// Finding 9: logs are root's and outside their users' quotas, so a server that prints
+/// without end must not fill the log file system: past `log_max_size` its oldest part is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_grows_past_log_max_size_is_cut() {
+    require_root!();
+    let u = users();
+    let mut opts = options("log_max_size = \"1M\"");
+    opts.profiles.push(Profile::shell(
+        "chatty",
+        "head -c 3145728 /dev/zero | tr '\\0' x; echo; echo LAST-LINE; exec sleep 1000",
+    ));
+    let d = TestDaemon::start(opts);
+    let hub = d.hub_client().await;
+    let started = start(&hub, start_req(&u.a.name, "", "chatty")).await;
+    let log = PathBuf::from(&started.log_path);
+    let cut = wait_for(Duration::from_secs(15), || {
+        let text = std::fs::read(&log).ok()?;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        (text.len() <= (1 << 20) && text.contains("log_max_size")).then_some(text)
+    });
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let text = cut.unwrap_or_else(|| panic!("the log was not cut below 1 MiB: {size} bytes"));
+    // Where the file system can remove a file's start (ext4, XFS), the newest part stays.
+    let stderr = d.stderr();
+    assert!(
+        stderr.contains("log_max_size"),
+        "the daemon did not log the cut"
+    );
+    if stderr.contains("Collapsed") {
+        assert!(text.contains("LAST-LINE"), "the newest lines were not kept");
+    }
+    hub.stop(&sid(&u.a.name, ""), None, true)
+        .await
+        .expect("stop");
+}
