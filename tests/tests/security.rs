@@ -619,3 +619,43 @@ async fn a_log_that_grows_past_log_max_size_is_cut() {
         .await
         .expect("stop");
 }
+
+/// Finding 12: `spawnctl logs` shows a user's bytes to an admin's terminal: escape sequences
+/// in a log (retitle, clear, rewrite the screen; some terminals answer back) are shown as
+/// visible escapes when its output is a terminal (here a pseudo-terminal made by `script`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawnctl_logs_shows_escape_sequences_harmlessly_on_a_terminal() {
+    require_root!();
+    let u = users();
+    let mut opts = options("");
+    opts.profiles.push(Profile::shell(
+        "escapes",
+        "printf '\\033]0;pwned\\007\\033[2JHELLO\\n'; exec sleep 1000",
+    ));
+    let d = TestDaemon::start(opts);
+    let hub = d.hub_client().await;
+    start(&hub, start_req(&u.a.name, "", "escapes")).await;
+    let command = format!(
+        "{} --socket {} logs {}",
+        spawnd_tests::bin_path("spawnctl", "SPAWNCTL_BIN").display(),
+        d.socket.display(),
+        u.a.name
+    );
+    let shown = wait_for(Duration::from_secs(5), || {
+        let out = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("HELLO").then_some((out.stdout, text))
+    });
+    let (bytes, text) = shown.expect("spawnctl logs showed the server's line");
+    assert!(
+        !bytes.contains(&0x1b) && !bytes.contains(&0x07),
+        "raw escape sequences reached the terminal: {text:?}"
+    );
+    assert!(text.contains("\\x1b]0;pwned\\x07\\x1b[2JHELLO"), "{text:?}");
+    hub.stop(&sid(&u.a.name, ""), None, true)
+        .await
+        .expect("stop");
+}

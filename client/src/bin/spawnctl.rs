@@ -88,6 +88,11 @@ enum Command {
             value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_LOG_LINES))
         )]
         lines: u32,
+        /// Print control characters as they are, even to a terminal (by default they are shown
+        /// as \x1b-style escapes there: a log is its user's text, and escape sequences in it
+        /// could rewrite what the terminal shows or does).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -305,6 +310,28 @@ fn render_status(status: &DaemonStatus) -> String {
     )
 }
 
+/// A log line as it may be shown on a terminal: every control character but the tab (ESC and
+/// the C1 controls that start escape sequences, carriage returns, backspaces, DEL) becomes a
+/// visible `\x1b`-style escape, so that a user's output cannot retitle, recolour, rewrite or
+/// answer back through the terminal of the admin who reads it.
+fn escape_controls(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Writes to stdout; a closed pipe (`spawnctl logs | head`) is not an error.
 fn print(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -346,11 +373,16 @@ fn run(cli: Cli) -> Result<()> {
             client.signal(&target, instance, signal)?;
             print(&format!("sent {} to {target}\n", signal_name(signal)))
         }
-        Command::Logs { target, lines } => {
+        Command::Logs { target, lines, raw } => {
             let tail = client.logs(&target, lines)?;
+            let escape = !raw && std::io::IsTerminal::is_terminal(&std::io::stdout());
             let mut text = String::new();
             for line in &tail.lines {
-                text.push_str(line);
+                if escape {
+                    text.push_str(&escape_controls(line));
+                } else {
+                    text.push_str(line);
+                }
                 text.push('\n');
             }
             print(&text)?;
@@ -387,6 +419,21 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn control_characters_are_escaped_for_terminals() {
+        assert_eq!(escape_controls("plain\ttext é"), "plain\ttext é");
+        assert!(matches!(
+            escape_controls("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("\u{1b}]0;pwned\u{7}\u{1b}[2Jok\r\u{8}\u{7f}"),
+            "\\x1b]0;pwned\\x07\\x1b[2Jok\\x0d\\x08\\x7f"
+        );
+        // The 8-bit CSI (U+009B) that some terminals honour.
+        assert_eq!(escape_controls("a\u{9b}31mb"), "a\\x9b31mb");
+    }
 
     #[test]
     fn cli_is_well_formed() {
@@ -484,6 +531,8 @@ mod tests {
                 ..
             }
         ));
+        let cli = Cli::try_parse_from(["spawnctl", "logs", "bob", "--raw"]).unwrap();
+        assert!(matches!(cli.command, Command::Logs { raw: true, .. }));
         let cli = Cli::try_parse_from(["spawnctl", "logs", "bob"]).unwrap();
         assert!(matches!(cli.command, Command::Logs { lines: 50, .. }));
         let cli = Cli::try_parse_from(["spawnctl", "logs", "bob", "-n", "5"]).unwrap();
