@@ -47,6 +47,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Descriptors 0 to 2 open (on /dev/null where they are closed), so that no socket or file
+    // of the daemon's ever takes one of their numbers and is handed on as a standard stream.
+    open_standard_descriptors();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { path }) => {
@@ -164,6 +167,18 @@ fn run(config_path: &Path) -> Result<()> {
         tokio::spawn(report_to_systemd(daemon.clone()));
         signals.run(daemon, source).await
     })
+}
+
+fn open_standard_descriptors() {
+    for fd in 0..3 {
+        // SAFETY: fcntl(F_GETFD) on a number only reads its flags; open returns the lowest free
+        // number, which is `fd` when it was closed (the lower ones are open by then).
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
 }
 
 /// The signals the daemon handles, installed before anything else can be interrupted.
