@@ -6,10 +6,11 @@
 //! mistake: every problem is collected, each with the key it belongs to, so that an operator
 //! running `spawnd check-config` sees the whole list at once.
 //!
-//! The file-system checks ([`check_executable`], [`check_private_dir`]) are the guard against a
+//! The file-system checks ([`check_program`], [`check_private_dir`]) are the guard against a
 //! root process being tricked into running or writing something a user controls. They walk the
 //! path one component at a time, following symbolic links themselves, so that every directory
-//! crossed on the way (including those of intermediate links) is checked.
+//! crossed on the way (including those of intermediate links) is checked; [`check_program`]
+//! does so for every file the command leads to (`#!` interpreters, `env`, the ELF interpreter).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::OsString;
@@ -23,6 +24,9 @@ use std::time::Duration;
 use nix::unistd::{Group, Uid, User};
 use spawnd_protocol::{env_name_is_valid, validate_profile_name, validate_user_name};
 use toml::{Table, Value};
+
+mod program;
+pub use program::{ProgramError, ProgramProblem, check_program};
 
 /// Where the configuration lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/spawnd/spawnd.toml";
@@ -241,7 +245,8 @@ pub enum CgroupSetting {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub name: String,
-    /// `command[0]` is absolute and passed [`check_executable`] at load time.
+    /// `command[0]` is absolute, and it and what it runs (`#!` interpreters, `env`'s program,
+    /// the ELF interpreter) passed [`check_program`] at load time.
     pub command: Vec<String>,
     /// PATH for the server.
     pub path: String,
@@ -1040,6 +1045,7 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
     );
     let key = |k: &str| format!("{prefix}.{k}");
 
+    let before_command = p.0.len();
     let command = {
         let k = key("command");
         match take_string_array(&mut t, "command", &k, p) {
@@ -1066,17 +1072,16 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
                              path (PATH is not searched)"
                         ),
                     ),
-                    Some(exe) => {
-                        if let Err(e) = check_executable(Path::new(exe)) {
-                            p.add(&k, format!("the executable {exe:?} cannot be trusted: {e}"));
-                        }
-                    }
+                    // Checked with the profile's path, below.
+                    Some(_) => {}
                 }
                 command
             }
         }
     };
 
+    let command_ok = p.0.len() == before_command;
+    let before_path = p.0.len();
     let path = {
         let k = key("path");
         match take_string(&mut t, "path", &k, p) {
@@ -1113,6 +1118,23 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
             }
         }
     };
+    if command_ok && let Some(exe) = command.first() {
+        // `env` in the chain searches the profile's path; a bad path is reported above.
+        let search_path = (p.0.len() == before_path).then_some(path.as_str());
+        match program::check_chain(&command, search_path) {
+            Ok(()) => {}
+            Err(e) if e.is_missing() => {
+                p.add(
+                    &key("command"),
+                    format!("the executable {exe:?} cannot run: {e}"),
+                );
+            }
+            Err(e) => p.add(
+                &key("command"),
+                format!("the executable {exe:?} cannot be trusted: {e}"),
+            ),
+        }
+    }
 
     let env = {
         let k = key("env");
@@ -1420,25 +1442,27 @@ impl PathError {
     }
 }
 
-/// The executable and every directory above it must be owned by root and not writable by group
-/// or others; it must be a regular file with an execute bit.
+/// The end of a successful walk: the fully resolved path and what `lstat` said of it.
+#[derive(Debug)]
+struct Walked {
+    resolved: PathBuf,
+    meta: fs::Metadata,
+}
+
+/// One file that will be executed: it and every directory above it must be owned by root and
+/// not writable by group or others; it must be a regular file with an execute bit. This checks
+/// the file alone; a profile's command goes through [`check_program`], which applies it to
+/// every file of the chain (`#!` interpreters, what `env` finds, the ELF interpreter).
 ///
 /// Symbolic links are followed one hop at a time: every link must be owned by root, and every
 /// directory crossed on the way (the link's own parents, the directories of its target, and so
 /// on) must pass. A directory writable by group or others is accepted on the way only when it
 /// is root-owned and sticky (like `/tmp`), since nobody else can then replace the root-owned
-/// entry inside it. The directory that directly holds the executable (and the one that holds
-/// each link to it) gets no sticky exception: others could put files beside the program, which
-/// a script's interpreter (Python's `sys.path[0]`) or the dynamic loader (`$ORIGIN`) load. The
-/// error names the offending path and says what to fix.
-pub fn check_executable(path: &Path) -> Result<(), PathError> {
+/// entry inside it. The directory that directly holds the file (and the one that holds each
+/// link to it) gets no sticky exception: others could put files beside the program, which a
+/// script's interpreter (Python's `sys.path[0]`) or the dynamic loader (`$ORIGIN`) load.
+fn check_executable(path: &Path) -> Result<Walked, PathError> {
     walk(path, Target::Executable)
-}
-
-/// Whether `path` (followed through links) is missing, not a regular file or not executable:
-/// why [`check_executable`] fails on a broken install, as opposed to an unsafe one.
-pub fn executable_is_missing(path: &Path) -> bool {
-    fs::metadata(path).map_or(true, |m| !m.is_file() || m.mode() & 0o111 == 0)
 }
 
 /// A directory the daemon writes as root (socket dir, state dir, log root): must be owned by
@@ -1447,7 +1471,9 @@ pub fn executable_is_missing(path: &Path) -> bool {
 /// `/tmp`). Does not create anything. `Err(message)` names the offending path and says what to
 /// fix.
 pub fn check_private_dir(path: &Path) -> Result<(), String> {
-    walk(path, Target::PrivateDir).map_err(|e| e.message)
+    walk(path, Target::PrivateDir)
+        .map(drop)
+        .map_err(|e| e.message)
 }
 
 /// The configuration file: whoever can change it decides who is an admin and what runs as
@@ -1457,7 +1483,9 @@ pub fn check_private_dir(path: &Path) -> Result<(), String> {
 pub fn check_config_file(path: &Path) -> Result<(), String> {
     let path =
         std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
-    walk(&path, Target::ConfigFile).map_err(|e| e.message)
+    walk(&path, Target::ConfigFile)
+        .map(drop)
+        .map_err(|e| e.message)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1483,7 +1511,7 @@ fn steps(path: &Path) -> Vec<Step> {
         .collect()
 }
 
-fn walk(path: &Path, target: Target) -> Result<(), PathError> {
+fn walk(path: &Path, target: Target) -> Result<Walked, PathError> {
     if !path.is_absolute() {
         return Err(PathError::new(
             PathProblem::Unsafe,
@@ -1554,7 +1582,11 @@ fn walk(path: &Path, target: Target) -> Result<(), PathError> {
             continue;
         }
         if last {
-            return check_final(&candidate, &meta, target);
+            check_final(&candidate, &meta, target)?;
+            return Ok(Walked {
+                resolved: candidate,
+                meta,
+            });
         }
         if !file_type.is_dir() {
             return Err(PathError::new(
@@ -1568,7 +1600,11 @@ fn walk(path: &Path, target: Target) -> Result<(), PathError> {
         current_meta = meta;
     }
     // The path ended on a directory already checked as an ancestor ("/", or a trailing "..").
-    check_final(&current, &current_meta, target)
+    check_final(&current, &current_meta, target)?;
+    Ok(Walked {
+        resolved: current,
+        meta: current_meta,
+    })
 }
 
 fn inspect(path: &Path) -> Result<fs::Metadata, PathError> {

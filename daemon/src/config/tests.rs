@@ -808,10 +808,10 @@ fn load_and_check_config_command() {
 // ---------------------------------------------------------------------------------------------
 // File-system checks
 
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub(super) fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "spawnd-config-test-{tag}-{}-{}",
@@ -823,7 +823,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -834,16 +834,16 @@ impl Drop for TempDir {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub(super) fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn make_dir(path: &Path, mode: u32) {
+pub(super) fn make_dir(path: &Path, mode: u32) {
     fs::create_dir(path).unwrap();
     set_mode(path, mode);
 }
 
-fn make_file(path: &Path, mode: u32) {
+pub(super) fn make_file(path: &Path, mode: u32) {
     fs::write(path, "#!/bin/sh\nexit 0\n").unwrap();
     set_mode(path, mode);
 }
@@ -853,7 +853,7 @@ fn is_root() -> bool {
 }
 
 /// Temp files are root-owned only when the tests run as root.
-fn needs_root(test: &str) -> bool {
+pub(super) fn needs_root(test: &str) -> bool {
     if is_root() {
         true
     } else {
