@@ -6,10 +6,11 @@
 //! mistake: every problem is collected, each with the key it belongs to, so that an operator
 //! running `spawnd check-config` sees the whole list at once.
 //!
-//! The file-system checks ([`check_executable`], [`check_private_dir`]) are the guard against a
+//! The file-system checks ([`check_program`], [`check_private_dir`]) are the guard against a
 //! root process being tricked into running or writing something a user controls. They walk the
 //! path one component at a time, following symbolic links themselves, so that every directory
-//! crossed on the way (including those of intermediate links) is checked.
+//! crossed on the way (including those of intermediate links) is checked; [`check_program`]
+//! does so for every file the command leads to (`#!` interpreters, `env`, the ELF interpreter).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::OsString;
@@ -23,6 +24,9 @@ use std::time::Duration;
 use nix::unistd::{Group, Uid, User};
 use spawnd_protocol::{env_name_is_valid, validate_profile_name, validate_user_name};
 use toml::{Table, Value};
+
+mod program;
+pub use program::{ProgramError, ProgramProblem, check_program};
 
 /// Where the configuration lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/spawnd/spawnd.toml";
@@ -252,7 +256,8 @@ pub enum CgroupSetting {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub name: String,
-    /// `command[0]` is absolute and passed [`check_executable`] at load time.
+    /// `command[0]` is absolute, and it and what it runs (`#!` interpreters, `env`'s program,
+    /// the ELF interpreter) passed [`check_program`] at load time.
     pub command: Vec<String>,
     /// PATH for the server.
     pub path: String,
@@ -1107,6 +1112,7 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
     );
     let key = |k: &str| format!("{prefix}.{k}");
 
+    let before_command = p.0.len();
     let command = {
         let k = key("command");
         match take_string_array(&mut t, "command", &k, p) {
@@ -1133,17 +1139,16 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
                              path (PATH is not searched)"
                         ),
                     ),
-                    Some(exe) => {
-                        if let Err(e) = check_executable(Path::new(exe)) {
-                            p.add(&k, format!("the executable {exe:?} cannot be trusted: {e}"));
-                        }
-                    }
+                    // Checked with the profile's path, below.
+                    Some(_) => {}
                 }
                 command
             }
         }
     };
 
+    let command_ok = p.0.len() == before_command;
+    let before_path = p.0.len();
     let path = {
         let k = key("path");
         match take_string(&mut t, "path", &k, p) {
@@ -1180,6 +1185,23 @@ fn parse_profile(name: &str, value: Value, p: &mut Problems) -> Option<Profile> 
             }
         }
     };
+    if command_ok && let Some(exe) = command.first() {
+        // `env` in the chain searches the profile's path; a bad path is reported above.
+        let search_path = (p.0.len() == before_path).then_some(path.as_str());
+        match program::check_chain(&command, search_path) {
+            Ok(()) => {}
+            Err(e) if e.is_missing() => {
+                p.add(
+                    &key("command"),
+                    format!("the executable {exe:?} cannot run: {e}"),
+                );
+            }
+            Err(e) => p.add(
+                &key("command"),
+                format!("the executable {exe:?} cannot be trusted: {e}"),
+            ),
+        }
+    }
 
     let env = {
         let k = key("env");
@@ -1453,22 +1475,61 @@ fn take_seconds(
 // ---------------------------------------------------------------------------------------------
 // File-system checks
 
-/// The executable and every directory above it must be owned by root and not writable by group
-/// or others; it must be a regular file with an execute bit.
+/// What kind of problem a path has: it decides whether a start fails as a broken install or is
+/// refused as unsafe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProblem {
+    /// Nothing is there: a component does not exist, or one on the way is not a directory.
+    Absent,
+    /// Something is there but cannot serve: the wrong type of file, no execute bit, a loop of
+    /// symbolic links, or it cannot be inspected.
+    Unusable,
+    /// Someone other than root could change it (or what it leads to).
+    Unsafe,
+}
+
+/// Why a path failed the file-system checks. Displays as a message for the operator that
+/// names the offending path and says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PathError {
+    pub problem: PathProblem,
+    /// The path the message is about (a directory on the way, a link, the file itself).
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl PathError {
+    fn new(problem: PathProblem, path: &Path, message: String) -> PathError {
+        PathError {
+            problem,
+            path: path.to_path_buf(),
+            message,
+        }
+    }
+}
+
+/// The end of a successful walk: the fully resolved path and what `lstat` said of it.
+#[derive(Debug)]
+struct Walked {
+    resolved: PathBuf,
+    meta: fs::Metadata,
+}
+
+/// One file that will be executed: it and every directory above it must be owned by root and
+/// not writable by group or others; it must be a regular file with an execute bit. This checks
+/// the file alone; a profile's command goes through [`check_program`], which applies it to
+/// every file of the chain (`#!` interpreters, what `env` finds, the ELF interpreter).
 ///
 /// Symbolic links are followed one hop at a time: every link must be owned by root, and every
 /// directory crossed on the way (the link's own parents, the directories of its target, and so
 /// on) must pass. A directory writable by group or others is accepted on the way only when it
 /// is root-owned and sticky (like `/tmp`), since nobody else can then replace the root-owned
-/// entry inside it. `Err(message)` names the offending path and says what to fix.
-pub fn check_executable(path: &Path) -> Result<(), String> {
+/// entry inside it. The directory that directly holds the file (and the one that holds each
+/// link to it) gets no sticky exception: others could put files beside the program, which a
+/// script's interpreter (Python's `sys.path[0]`) or the dynamic loader (`$ORIGIN`) load.
+fn check_executable(path: &Path) -> Result<Walked, PathError> {
     walk(path, Target::Executable)
-}
-
-/// Whether `path` (followed through links) is missing, not a regular file or not executable:
-/// why [`check_executable`] fails on a broken install, as opposed to an unsafe one.
-pub fn executable_is_missing(path: &Path) -> bool {
-    fs::metadata(path).map_or(true, |m| !m.is_file() || m.mode() & 0o111 == 0)
 }
 
 /// A directory the daemon writes as root (socket dir, state dir, log root): must be owned by
@@ -1478,6 +1539,8 @@ pub fn executable_is_missing(path: &Path) -> bool {
 /// fix.
 pub fn check_private_dir(path: &Path) -> Result<(), String> {
     walk(path, Target::PrivateDir)
+        .map(drop)
+        .map_err(|e| e.message)
 }
 
 /// The configuration file: whoever can change it decides who is an admin and what runs as
@@ -1488,6 +1551,8 @@ pub fn check_config_file(path: &Path) -> Result<(), String> {
     let path =
         std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
     walk(&path, Target::ConfigFile)
+        .map(drop)
+        .map_err(|e| e.message)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1513,77 +1578,116 @@ fn steps(path: &Path) -> Vec<Step> {
         .collect()
 }
 
-fn walk(path: &Path, target: Target) -> Result<(), String> {
+fn walk(path: &Path, target: Target) -> Result<Walked, PathError> {
     if !path.is_absolute() {
-        return Err(format!(
-            "{} is not an absolute path; give its full path",
-            path.display()
+        return Err(PathError::new(
+            PathProblem::Unsafe,
+            path,
+            format!(
+                "{} is not an absolute path; give its full path",
+                path.display()
+            ),
         ));
     }
     let root = Path::new("/");
-    let meta = inspect(root)?;
-    check_ancestor(root, &meta)?;
+    let root_meta = inspect(root)?;
+    check_ancestor(root, &root_meta)?;
 
-    // `current` is always a fully resolved directory that has passed the ancestor checks.
+    // `current` is always a fully resolved directory that has passed the ancestor checks;
+    // `current_meta` is what lstat said of it.
     let mut current = PathBuf::from("/");
+    let mut current_meta = root_meta.clone();
     let mut pending: VecDeque<Step> = steps(path).into();
     let mut hops = 0;
     while let Some(step) = pending.pop_front() {
         let name = match step {
             Step::Up => {
                 current.pop();
+                current_meta = inspect(&current)?;
                 continue;
             }
             Step::Name(name) => name,
         };
         let candidate = current.join(&name);
         let meta = inspect(&candidate)?;
+        let last = pending.is_empty();
+        if last && target == Target::Executable {
+            // The file itself, or a link to it: whoever can add entries beside it decides
+            // what the program loads from its own directory.
+            check_holder(&current, &current_meta, &candidate)?;
+        }
         let file_type = meta.file_type();
         if file_type.is_symlink() {
             hops += 1;
             if hops > MAX_SYMLINK_HOPS {
-                return Err(format!(
-                    "{} has too many levels of symbolic links; point it at the real file",
-                    path.display()
+                return Err(PathError::new(
+                    PathProblem::Unusable,
+                    path,
+                    format!(
+                        "{} has too many levels of symbolic links; point it at the real file",
+                        path.display()
+                    ),
                 ));
             }
             if meta.uid() != 0 {
                 return Err(not_root_owned(&candidate, meta.uid(), true));
             }
             let link = fs::read_link(&candidate).map_err(|e| {
-                format!("cannot read the symbolic link {}: {e}", candidate.display())
+                PathError::new(
+                    PathProblem::Unusable,
+                    &candidate,
+                    format!("cannot read the symbolic link {}: {e}", candidate.display()),
+                )
             })?;
             if link.is_absolute() {
                 current = PathBuf::from("/");
+                current_meta = root_meta.clone();
             }
             let mut resolved: VecDeque<Step> = steps(&link).into();
             resolved.extend(pending);
             pending = resolved;
             continue;
         }
-        if pending.is_empty() {
-            return check_final(&candidate, &meta, target);
+        if last {
+            check_final(&candidate, &meta, target)?;
+            return Ok(Walked {
+                resolved: candidate,
+                meta,
+            });
         }
         if !file_type.is_dir() {
-            return Err(format!(
-                "{} is not a directory; fix the path",
-                candidate.display()
+            return Err(PathError::new(
+                PathProblem::Absent,
+                &candidate,
+                format!("{} is not a directory; fix the path", candidate.display()),
             ));
         }
         check_ancestor(&candidate, &meta)?;
         current = candidate;
+        current_meta = meta;
     }
     // The path ended on a directory already checked as an ancestor ("/", or a trailing "..").
-    let meta = inspect(&current)?;
-    check_final(&current, &meta, target)
+    check_final(&current, &current_meta, target)?;
+    Ok(Walked {
+        resolved: current,
+        meta: current_meta,
+    })
 }
 
-fn inspect(path: &Path) -> Result<fs::Metadata, String> {
+fn inspect(path: &Path) -> Result<fs::Metadata, PathError> {
     fs::symlink_metadata(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            format!("{} does not exist", path.display())
+            PathError::new(
+                PathProblem::Absent,
+                path,
+                format!("{} does not exist", path.display()),
+            )
         } else {
-            format!("cannot inspect {}: {e}", path.display())
+            PathError::new(
+                PathProblem::Unusable,
+                path,
+                format!("cannot inspect {}: {e}", path.display()),
+            )
         }
     })
 }
@@ -1595,27 +1699,35 @@ fn describe_owner(uid: u32) -> String {
     }
 }
 
-fn not_root_owned(path: &Path, uid: u32, link: bool) -> String {
-    format!(
-        "{} is owned by {}, not root; run chown {}root {}",
-        path.display(),
-        describe_owner(uid),
-        if link { "-h " } else { "" },
-        path.display()
+fn not_root_owned(path: &Path, uid: u32, link: bool) -> PathError {
+    PathError::new(
+        PathProblem::Unsafe,
+        path,
+        format!(
+            "{} is owned by {}, not root; run chown {}root {}",
+            path.display(),
+            describe_owner(uid),
+            if link { "-h " } else { "" },
+            path.display()
+        ),
     )
 }
 
-fn group_or_other_writable(path: &Path, mode: u32) -> String {
-    format!(
-        "{} is writable by group or others (mode {:04o}); run chmod go-w {}",
-        path.display(),
-        mode & 0o7777,
-        path.display()
+fn group_or_other_writable(path: &Path, mode: u32) -> PathError {
+    PathError::new(
+        PathProblem::Unsafe,
+        path,
+        format!(
+            "{} is writable by group or others (mode {:04o}); run chmod go-w {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        ),
     )
 }
 
 /// A directory on the way: root-owned, and not writable by group or others unless sticky.
-fn check_ancestor(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
+fn check_ancestor(path: &Path, meta: &fs::Metadata) -> Result<(), PathError> {
     if meta.uid() != 0 {
         return Err(not_root_owned(path, meta.uid(), false));
     }
@@ -1626,12 +1738,35 @@ fn check_ancestor(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
-fn check_final(path: &Path, meta: &fs::Metadata, target: Target) -> Result<(), String> {
+/// The directory that directly holds a program (or a link to it), already checked as an
+/// ancestor: not writable by group or others, sticky or not.
+fn check_holder(dir: &Path, meta: &fs::Metadata, file: &Path) -> Result<(), PathError> {
     let mode = meta.mode();
+    if mode & 0o022 == 0 {
+        return Ok(());
+    }
+    Err(PathError::new(
+        PathProblem::Unsafe,
+        dir,
+        format!(
+            "{} holds {} and is writable by group or others (mode {:04o}), so others could \
+             put files beside it that it loads (a script's modules, $ORIGIN libraries); run \
+             chmod go-w {}, or move the program to a directory only root can write",
+            dir.display(),
+            file.display(),
+            mode & 0o7777,
+            dir.display()
+        ),
+    ))
+}
+
+fn check_final(path: &Path, meta: &fs::Metadata, target: Target) -> Result<(), PathError> {
+    let mode = meta.mode();
+    let unusable = |message: String| Err(PathError::new(PathProblem::Unusable, path, message));
     match target {
         Target::Executable => {
             if !meta.file_type().is_file() {
-                return Err(format!(
+                return unusable(format!(
                     "{} is not a regular file; point the command at the executable itself",
                     path.display()
                 ));
@@ -1643,7 +1778,7 @@ fn check_final(path: &Path, meta: &fs::Metadata, target: Target) -> Result<(), S
                 return Err(group_or_other_writable(path, mode));
             }
             if mode & 0o111 == 0 {
-                return Err(format!(
+                return unusable(format!(
                     "{} is not executable (mode {:04o}); run chmod 755 {}",
                     path.display(),
                     mode & 0o7777,
@@ -1653,7 +1788,7 @@ fn check_final(path: &Path, meta: &fs::Metadata, target: Target) -> Result<(), S
         }
         Target::ConfigFile => {
             if !meta.file_type().is_file() {
-                return Err(format!("{} is not a regular file", path.display()));
+                return unusable(format!("{} is not a regular file", path.display()));
             }
             if meta.uid() != 0 {
                 return Err(not_root_owned(path, meta.uid(), false));
@@ -1664,7 +1799,7 @@ fn check_final(path: &Path, meta: &fs::Metadata, target: Target) -> Result<(), S
         }
         Target::PrivateDir => {
             if !meta.file_type().is_dir() {
-                return Err(format!(
+                return unusable(format!(
                     "{} is not a directory; remove it or choose another path",
                     path.display()
                 ));

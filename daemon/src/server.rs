@@ -13,7 +13,6 @@ use spawnd_protocol::{
 };
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -511,12 +510,11 @@ fn prepare_and_launch(
     req: &StartRequest,
     r: &Reservation,
 ) -> Result<Started, ErrorReply> {
-    let program = PathBuf::from(&profile.command[0]);
-    // Checked at load and again here: the file system may have changed since. A program that
-    // is missing or not executable is a broken host (SpawnFailed); one that someone other than
-    // root could change is refused (PolicyDenied).
-    config::check_executable(&program).map_err(|e| {
-        if config::executable_is_missing(&program) {
+    // Checked at load and again here: the file system may have changed since. A program (or an
+    // interpreter it runs) that is missing or not executable is a broken host (SpawnFailed);
+    // one that someone other than root could change is refused (PolicyDenied).
+    config::check_program(&profile.command, &profile.path).map_err(|e| {
+        if e.is_missing() {
             err(
                 ErrorKind::SpawnFailed,
                 format!("the program of profile {} cannot run: {e}", profile.name),

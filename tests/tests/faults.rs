@@ -327,7 +327,8 @@ async fn executable_removed_or_made_unusable_after_load_fails_cleanly() {
 /// A profile whose program is a script with a `#!` interpreter that does not exist (the
 /// everyday case: `jupyterhub-singleuser` of a virtualenv whose Python was removed by an
 /// upgrade). execve answers ENOENT although the file exists; the message must not send the
-/// operator looking for the script.
+/// operator looking for the script. (A configuration naming it from the start is refused at
+/// load: here the interpreter goes away after the daemon loaded it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_script_interpreter_is_named() {
     require_root!();
@@ -335,13 +336,14 @@ async fn missing_script_interpreter_is_named() {
     let dir = TestDir::new();
     let bin = dir.mkdir("bin", 0o755);
     let script = bin.join("jupyterhub-singleuser");
-    std::fs::write(&script, "#!/nonexistent/venv/bin/python3\nprint('hi')\n").expect("write");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 1000\n").expect("write");
     chmod(&script, 0o755);
     let prog = script.display().to_string();
     let d = TestDaemon::start_in(
         dir,
         options(vec![Profile::command("default", &[&prog])], "default"),
     );
+    std::fs::write(&script, "#!/nonexistent/venv/bin/python3\nprint('hi')\n").expect("write");
     let hub = d.hub_client().await;
     let admin = d.admin_client().await;
     let e = expect_err(

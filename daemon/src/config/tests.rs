@@ -808,10 +808,10 @@ fn load_and_check_config_command() {
 // ---------------------------------------------------------------------------------------------
 // File-system checks
 
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub(super) fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "spawnd-config-test-{tag}-{}-{}",
@@ -823,7 +823,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -834,16 +834,16 @@ impl Drop for TempDir {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub(super) fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn make_dir(path: &Path, mode: u32) {
+pub(super) fn make_dir(path: &Path, mode: u32) {
     fs::create_dir(path).unwrap();
     set_mode(path, mode);
 }
 
-fn make_file(path: &Path, mode: u32) {
+pub(super) fn make_file(path: &Path, mode: u32) {
     fs::write(path, "#!/bin/sh\nexit 0\n").unwrap();
     set_mode(path, mode);
 }
@@ -853,7 +853,7 @@ fn is_root() -> bool {
 }
 
 /// Temp files are root-owned only when the tests run as root.
-fn needs_root(test: &str) -> bool {
+pub(super) fn needs_root(test: &str) -> bool {
     if is_root() {
         true
     } else {
@@ -869,17 +869,23 @@ fn executable_system_binaries() {
     check_executable(Path::new("/usr/bin/env")).unwrap();
     check_executable(Path::new("/usr/./bin/../bin/true")).unwrap();
 
-    let e = check_executable(Path::new("bin/sh")).unwrap_err();
+    let e = check_executable(Path::new("bin/sh")).unwrap_err().message;
     assert!(e.contains("not an absolute path"), "{e}");
-    let e = check_executable(Path::new("/nonexistent-spawnd/x")).unwrap_err();
+    let e = check_executable(Path::new("/nonexistent-spawnd/x"))
+        .unwrap_err()
+        .message;
     assert_eq!(e, "/nonexistent-spawnd does not exist");
-    let e = check_executable(Path::new("/usr/bin")).unwrap_err();
+    let e = check_executable(Path::new("/usr/bin")).unwrap_err().message;
     assert!(e.contains("/usr/bin is not a regular file"), "{e}");
-    let e = check_executable(Path::new("/")).unwrap_err();
+    let e = check_executable(Path::new("/")).unwrap_err().message;
     assert!(e.contains("not a regular file"), "{e}");
-    let e = check_executable(Path::new("/etc/passwd/x")).unwrap_err();
+    let e = check_executable(Path::new("/etc/passwd/x"))
+        .unwrap_err()
+        .message;
     assert!(e.contains("/etc/passwd is not a directory"), "{e}");
-    let e = check_executable(Path::new("/etc/passwd")).unwrap_err();
+    let e = check_executable(Path::new("/etc/passwd"))
+        .unwrap_err()
+        .message;
     assert!(
         e.contains("/etc/passwd is not executable (mode 0644); run chmod 755"),
         "{e}"
@@ -950,7 +956,7 @@ fn executable_bad_modes() {
     make_dir(&gw, 0o775);
     let under_gw = gw.join("server");
     make_file(&under_gw, 0o755);
-    let e = check_executable(&under_gw).unwrap_err();
+    let e = check_executable(&under_gw).unwrap_err().message;
     assert_eq!(
         e,
         format!(
@@ -965,13 +971,13 @@ fn executable_bad_modes() {
     make_dir(&ww, 0o777);
     let under_ww = ww.join("server");
     make_file(&under_ww, 0o755);
-    let e = check_executable(&under_ww).unwrap_err();
+    let e = check_executable(&under_ww).unwrap_err().message;
     assert!(e.contains("(mode 0777)"), "{e}");
 
     // Group-writable file.
     let gw_file = base.join("bin/gw-server");
     make_file(&gw_file, 0o775);
-    let e = check_executable(&gw_file).unwrap_err();
+    let e = check_executable(&gw_file).unwrap_err().message;
     assert_eq!(
         e,
         format!(
@@ -984,14 +990,14 @@ fn executable_bad_modes() {
     // No execute bit.
     let plain = base.join("bin/plain");
     make_file(&plain, 0o644);
-    let e = check_executable(&plain).unwrap_err();
+    let e = check_executable(&plain).unwrap_err().message;
     assert!(e.contains("is not executable (mode 0644)"), "{e}");
 
     // Not root-owned: the file, then a directory above.
     let theirs = base.join("bin/theirs");
     make_file(&theirs, 0o755);
     std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
-    let e = check_executable(&theirs).unwrap_err();
+    let e = check_executable(&theirs).unwrap_err().message;
     assert!(
         e.contains(&format!(
             "{} is owned by nobody (uid 65534), not root",
@@ -1008,7 +1014,7 @@ fn executable_bad_modes() {
     let in_their_dir = their_dir.join("server");
     make_file(&in_their_dir, 0o755);
     std::os::unix::fs::chown(&their_dir, Some(65534), None).unwrap();
-    let e = check_executable(&in_their_dir).unwrap_err();
+    let e = check_executable(&in_their_dir).unwrap_err().message;
     assert!(
         e.starts_with(&format!("{} is owned by", their_dir.display())),
         "{e}"
@@ -1017,7 +1023,7 @@ fn executable_bad_modes() {
     // A symlink in a good directory pointing into a bad one: the target chain is checked.
     let link_to_bad = base.join("bin/link-to-bad");
     symlink(&under_gw, &link_to_bad).unwrap();
-    let e = check_executable(&link_to_bad).unwrap_err();
+    let e = check_executable(&link_to_bad).unwrap_err().message;
     assert!(
         e.starts_with(&format!("{} is writable", gw.display())),
         "{e}"
@@ -1026,7 +1032,7 @@ fn executable_bad_modes() {
     // A symlink in a bad directory pointing at a good file: the link's own parents count.
     let link_in_bad = gw.join("link-to-good");
     symlink(&good, &link_in_bad).unwrap();
-    let e = check_executable(&link_in_bad).unwrap_err();
+    let e = check_executable(&link_in_bad).unwrap_err().message;
     assert!(
         e.starts_with(&format!("{} is writable", gw.display())),
         "{e}"
@@ -1044,7 +1050,7 @@ fn executable_bad_modes() {
     symlink(&good, &hop).unwrap();
     let via_hop = base.join("bin/via-hop");
     symlink(&hop, &via_hop).unwrap();
-    let e = check_executable(&via_hop).unwrap_err();
+    let e = check_executable(&via_hop).unwrap_err().message;
     assert!(
         e.starts_with(&format!("{} is writable", gw.display())),
         "{e}"
@@ -1054,7 +1060,7 @@ fn executable_bad_modes() {
     let their_link = base.join("bin/their-link");
     symlink(&good, &their_link).unwrap();
     std::os::unix::fs::lchown(&their_link, Some(65534), None).unwrap();
-    let e = check_executable(&their_link).unwrap_err();
+    let e = check_executable(&their_link).unwrap_err().message;
     assert!(e.contains("run chown -h root"), "{e}");
 
     // A symlink loop.
@@ -1062,7 +1068,7 @@ fn executable_bad_modes() {
     let loop_b = base.join("bin/loop-b");
     symlink(&loop_b, &loop_a).unwrap();
     symlink(&loop_a, &loop_b).unwrap();
-    let e = check_executable(&loop_a).unwrap_err();
+    let e = check_executable(&loop_a).unwrap_err().message;
     assert!(e.contains("too many levels of symbolic links"), "{e}");
 
     // The config check reports it under the command's key.
@@ -1071,6 +1077,65 @@ fn executable_bad_modes() {
         under_gw.display().to_string()
     );
     assert_problem(&text, "profiles.default.command", "cannot be trusted");
+}
+
+/// Rule 6 of the security review: the directory that directly holds a program gets no sticky
+/// exception (others could put files beside it that the program loads).
+#[test]
+fn executable_directly_in_a_sticky_directory() {
+    if !needs_root("executable_directly_in_a_sticky_directory") {
+        return;
+    }
+    let dir = TempDir::new("sticky-exe");
+    let base = dir.path();
+    for mode in [0o1777, 0o1775] {
+        let sticky = base.join(format!("sticky{mode:o}"));
+        make_dir(&sticky, mode);
+        let direct = sticky.join("server");
+        make_file(&direct, 0o755);
+        let e = check_executable(&direct).unwrap_err();
+        assert_eq!(e.problem, PathProblem::Unsafe, "{e}");
+        assert_eq!(e.path, sticky);
+        assert!(
+            e.message.starts_with(&format!(
+                "{} holds {} and is writable by group or others (mode {mode:04o})",
+                sticky.display(),
+                direct.display()
+            )) && e
+                .message
+                .contains(&format!("run chmod go-w {}", sticky.display())),
+            "{e}"
+        );
+    }
+    // Below a sticky directory, in root's own directories: fine.
+    let sticky = base.join("sticky1777");
+    make_dir(&sticky.join("a"), 0o755);
+    make_dir(&sticky.join("a/b"), 0o755);
+    let one_below = sticky.join("a/server");
+    make_file(&one_below, 0o755);
+    check_executable(&one_below).unwrap();
+    let two_below = sticky.join("a/b/server");
+    make_file(&two_below, 0o755);
+    check_executable(&two_below).unwrap();
+    // A link placed in the sticky directory: the directory of the name counts too.
+    let link = sticky.join("link");
+    symlink(&two_below, &link).unwrap();
+    let e = check_executable(&link).unwrap_err();
+    assert_eq!(e.path, sticky, "{e}");
+    // A link elsewhere to a file directly in it: the file's own directory counts.
+    let bin = base.join("bin");
+    make_dir(&bin, 0o755);
+    let to_direct = bin.join("server");
+    symlink(sticky.join("server"), &to_direct).unwrap();
+    let e = check_executable(&to_direct).unwrap_err();
+    assert_eq!(e.path, sticky, "{e}");
+    // The exception stands for the directories the daemon writes and the configuration file.
+    let state = sticky.join("state");
+    make_dir(&state, 0o700);
+    check_private_dir(&state).unwrap();
+    let config = sticky.join("spawnd.toml");
+    make_file(&config, 0o644);
+    check_config_file(&config).unwrap();
 }
 
 #[test]
