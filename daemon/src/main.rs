@@ -352,29 +352,44 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// Binds the socket: removes a stale socket file, binds with a large backlog, then mode 0660
-/// and group `socket_group` (root stays the owner).
+/// Binds the socket: removes a stale socket file, binds with a large backlog under a temporary
+/// name beside it, gives it mode 0660 and group `socket_group` (root stays the owner), then
+/// renames it into place, so that no peer ever finds the socket with other permissions (the hub
+/// would be refused while they were still root's alone).
 fn bind(config: &Config) -> Result<UnixSeqpacketListener> {
     let path = &config.socket;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("could not remove the stale socket {}", path.display()))?,
-        Ok(_) => bail!(
-            "{} exists and is not a socket; remove it or choose another `socket` path",
-            path.display()
-        ),
-        Err(_) => {}
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push("~");
+    let temporary = PathBuf::from(temporary);
+    // sun_path holds 107 bytes: a socket path at that length is bound in place.
+    let staged = temporary.as_os_str().len() <= 107;
+    let bound = if staged { &temporary } else { path };
+    for p in [path, bound] {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(p)
+                .with_context(|| format!("could not remove the stale socket {}", p.display()))?,
+            Ok(_) => bail!(
+                "{} exists and is not a socket; remove it or choose another `socket` path",
+                p.display()
+            ),
+            Err(_) => {}
+        }
     }
-    let listener = UnixSeqpacketListener::bind_with_backlog(path, BACKLOG)
-        .with_context(|| format!("could not bind {}", path.display()))?;
+    let listener = UnixSeqpacketListener::bind_with_backlog(bound, BACKLOG)
+        .with_context(|| format!("could not bind {}", bound.display()))?;
     nix::unistd::chown(
-        path,
+        bound,
         Some(nix::unistd::Uid::from_raw(0)),
         Some(nix::unistd::Gid::from_raw(config.socket_gid)),
     )
-    .with_context(|| format!("could not chown {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("could not chmod {}", path.display()))?;
+    .with_context(|| format!("could not chown {}", bound.display()))?;
+    std::fs::set_permissions(bound, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("could not chmod {}", bound.display()))?;
+    if staged {
+        std::fs::rename(bound, path).with_context(|| {
+            format!("could not rename {} to {}", bound.display(), path.display())
+        })?;
+    }
     Ok(listener)
 }
 

@@ -131,7 +131,7 @@ fn assert_says(reply: &ErrorReply, words: &[&str]) {
 
 #[track_caller]
 fn assert_no_servers_running(d: &TestDaemon) {
-    let children = procfs::children_of(d.pid());
+    let children = procfs::servers_of(d.pid());
     assert!(
         children.is_empty(),
         "the daemon has live children (servers) it should not have: {children:?}"
