@@ -1,7 +1,7 @@
 //! The socket: admitting peers, reading requests, answering them, auditing every one.
 
 use crate::auth::{self, Peer, Role};
-use crate::config::{self, Config, Profile};
+use crate::config::{self, Config, Limits, Profile};
 use crate::launch::{self, LaunchInput, LaunchSpec};
 use crate::logs;
 use crate::policy::{self, Target};
@@ -13,7 +13,7 @@ use spawnd_protocol::{
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
@@ -29,11 +29,13 @@ pub struct Daemon {
     capabilities: Vec<String>,
 }
 
-/// Open connections, in all and per peer uid.
+/// Open connections: in all, per peer uid, and of self-service users together.
 #[derive(Debug, Default)]
 struct Connections {
     total: u32,
     per_uid: HashMap<u32, u32>,
+    /// Connections of the `user` role (self-service users), all together.
+    users: u32,
 }
 
 /// One admitted connection; counted until dropped.
@@ -41,16 +43,16 @@ struct Connections {
 struct Admitted {
     daemon: Arc<Daemon>,
     uid: u32,
+    user: bool,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut c = self
-            .daemon
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut c = self.daemon.connections();
         c.total = c.total.saturating_sub(1);
+        if self.user {
+            c.users = c.users.saturating_sub(1);
+        }
         if let Some(n) = c.per_uid.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -94,6 +96,10 @@ impl Daemon {
         &self.supervisor
     }
 
+    fn connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Accepts connections until the listener fails for good.
     pub async fn serve(self: Arc<Self>, mut listener: UnixSeqpacketListener) {
         loop {
@@ -113,7 +119,8 @@ impl Daemon {
                     continue;
                 }
             };
-            let Some(role) = auth::role_of(&peer, &self.config()) else {
+            let config = self.config();
+            let Some(role) = auth::role_of(&peer, &config) else {
                 tracing::warn!(
                     target: "audit",
                     peer_uid = peer.uid,
@@ -124,7 +131,7 @@ impl Daemon {
                 // Dropping closes it before a byte is read.
                 continue;
             };
-            match self.admit(&peer) {
+            match self.admit(&peer, role, &config.limits) {
                 Ok(admitted) => {
                     tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, %role, "connection");
                     tokio::spawn(self.clone().connection(socket, peer, role, admitted));
@@ -143,17 +150,38 @@ impl Daemon {
         }
     }
 
-    /// Counts a new connection against the limits, or says which limit it hits.
-    fn admit(self: &Arc<Self>, peer: &Peer) -> Result<Admitted, String> {
-        let limits = self.config().limits;
-        let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+    /// Counts a new connection against the limits, or says which limit it hits. Self-service
+    /// users have their own, smaller limits, so that they never take the connections the hub
+    /// and the admins need.
+    fn admit(
+        self: &Arc<Self>,
+        peer: &Peer,
+        role: Role,
+        limits: &Limits,
+    ) -> Result<Admitted, String> {
+        let user = role == Role::User;
+        let mut c = self.connections();
+        let mine = c.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if user && c.users >= limits.max_user_connections {
+            return Err(format!(
+                "self-service users hold {} open connections, spawnd's max_user_connections; \
+                 try again shortly",
+                c.users
+            ));
+        }
+        if user && mine >= limits.max_user_connections_per_uid {
+            return Err(format!(
+                "uid {} has {mine} open connections, spawnd's max_user_connections_per_uid; \
+                 close some (one connection serves any number of concurrent requests)",
+                peer.uid
+            ));
+        }
         if c.total >= limits.max_connections {
             return Err(format!(
                 "spawnd has {} open connections, its max_connections; try again shortly",
                 c.total
             ));
         }
-        let mine = c.per_uid.get(&peer.uid).copied().unwrap_or(0);
         if mine >= limits.max_connections_per_uid {
             return Err(format!(
                 "uid {} has {mine} open connections, spawnd's max_connections_per_uid; close \
@@ -162,10 +190,14 @@ impl Daemon {
             ));
         }
         c.total += 1;
+        if user {
+            c.users += 1;
+        }
         *c.per_uid.entry(peer.uid).or_insert(0) += 1;
         Ok(Admitted {
             daemon: self.clone(),
             uid: peer.uid,
+            user,
         })
     }
 

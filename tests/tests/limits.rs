@@ -1,12 +1,17 @@
 //! Connection limits: many concurrent connections, floods past the limits, silent peers, too
 //! many requests in flight. The daemon must answer `Busy` past a limit, keep serving the
-//! clients it already has, and never be blocked by peers that say nothing.
+//! clients it already has, keep connections for the hub and the admins whatever self-service
+//! users do, and never be blocked by peers that say nothing.
 
 use spawnd_client::Client;
 use spawnd_protocol::{
-    ErrorKind, Request, Response, ServerId, StartRequest, decode_response, encode_request,
+    ErrorKind, ErrorReply, Request, Response, ServerId, StartRequest, decode_response,
+    encode_request,
 };
-use spawnd_tests::{DaemonOptions, RawConn, RawRecv, TestDaemon, connect_as, require_root, users};
+use spawnd_tests::{
+    DaemonOptions, RawConn, RawRecv, TestDaemon, TestUser, add_test_user, connect_as, require_root,
+    users, wait_for_async,
+};
 use std::time::{Duration, Instant};
 
 /// This test process opens many sockets: allow it its hard limit of descriptors.
@@ -251,4 +256,148 @@ async fn too_many_requests_in_flight_get_busy() {
         answer(&conn, Duration::from_secs(2)),
         Some((4, Response::Status(_)))
     ));
+}
+
+/// Opens connections as `user` until the daemon refuses one (at most `max`), each with one
+/// request answered, so that it is established and then idle. Returns those it holds and the
+/// refusal.
+fn hold_connections(
+    d: &TestDaemon,
+    user: &TestUser,
+    max: usize,
+) -> (Vec<RawConn>, Option<ErrorReply>) {
+    let mut held = Vec::new();
+    for i in 0..max {
+        let conn = d.raw_as(user);
+        let id = i as u32 + 1;
+        conn.send(&encode_request(id, &Request::Status).expect("encode"))
+            .expect("send");
+        match answer(&conn, Duration::from_secs(10)) {
+            Some((got, Response::Status(_))) => {
+                assert_eq!(got, id);
+                held.push(conn);
+            }
+            Some((_, Response::Error(e))) if e.kind == ErrorKind::Busy => return (held, Some(e)),
+            other => panic!("{}: expected Status or Busy, got {other:?}", user.name),
+        }
+    }
+    (held, None)
+}
+
+/// A member of the notebook group, made for this test binary (`tag`: see `add_test_user`).
+fn member(tag: &str) -> TestUser {
+    add_test_user(tag, &["-M", "-G", &users().group.name])
+}
+
+fn self_service(extra: &str) -> DaemonOptions {
+    DaemonOptions {
+        self_service: true,
+        ..options(extra)
+    }
+}
+
+/// Security review, issue 11 item 7: four self-service users holding idle connections could
+/// take every connection there is, and the hub and root got `Busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_service_users_at_their_limit_cannot_lock_out_the_hub_or_root() {
+    require_root!();
+    raise_fd_limit();
+    let u = users();
+    let (c, e) = (member("ssc"), member("sse"));
+    // Room for 100 connections and 30 per uid: four users at 30 would hold them all.
+    let d = TestDaemon::start(self_service(
+        "max_connections = 100\nmax_connections_per_uid = 30",
+    ));
+    d.open_socket_to_all();
+    let mut held = Vec::new();
+    let mut refusals = Vec::new();
+    for user in [&u.a, &u.b, &c, &e] {
+        let (conns, refused) = hold_connections(&d, user, 40);
+        refusals.push((user.name.clone(), conns.len(), refused));
+        held.extend(conns);
+    }
+    // While the users hold every connection they may, the hub and root are admitted and
+    // answered.
+    let hub = d.hub_client().await;
+    let status = hub.status().await.expect("the hub is served");
+    assert_eq!(status.your_role, "hub");
+    let root = d.admin_client().await;
+    assert_eq!(
+        root.status().await.expect("root is served").your_role,
+        "admin"
+    );
+    // The hub has its own budget: many more connections of its own.
+    let mut hubs = Vec::new();
+    for _ in 0..28 {
+        let h = d.hub_client().await;
+        h.status().await.expect("another hub connection is served");
+        hubs.push(h);
+    }
+    for (name, count, refused) in refusals {
+        let refused = refused.unwrap_or_else(|| panic!("{name} was never refused"));
+        assert_eq!(refused.kind, ErrorKind::Busy);
+        assert!(
+            refused.message.contains("max_user_connections_per_uid"),
+            "{name}: {}",
+            refused.message
+        );
+        assert_eq!(count, 4, "{name}: the default max_user_connections_per_uid");
+    }
+    // The users' connections are served as before.
+    for conn in &held {
+        assert!(matches!(
+            conn.request(99, &Request::Status).body,
+            Response::Status(_)
+        ));
+    }
+    assert!(
+        d.stderr().contains("max_user_connections_per_uid"),
+        "the refusals are audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_service_users_together_stay_within_max_user_connections() {
+    require_root!();
+    let u = users();
+    let c = member("ssf");
+    let d = TestDaemon::start(self_service(
+        "max_user_connections = 6\nmax_user_connections_per_uid = 4",
+    ));
+    d.open_socket_to_all();
+    let (mut a, refused) = hold_connections(&d, &u.a, 10);
+    assert_eq!(a.len(), 4);
+    assert!(
+        refused
+            .unwrap()
+            .message
+            .contains("max_user_connections_per_uid")
+    );
+    let (b, refused) = hold_connections(&d, &u.b, 10);
+    assert_eq!(b.len(), 2, "six for all users together");
+    let refused = refused.unwrap();
+    assert!(
+        refused.message.contains("max_user_connections;"),
+        "{}",
+        refused.message
+    );
+    let (none, refused) = hold_connections(&d, &c, 10);
+    assert!(none.is_empty());
+    assert!(refused.unwrap().message.contains("max_user_connections;"));
+    // The hub and root are not affected.
+    let hub = d.hub_client().await;
+    hub.status().await.expect("the hub is served");
+    d.admin_client()
+        .await
+        .status()
+        .await
+        .expect("root is served");
+    // Closed user connections make room for users again.
+    a.truncate(2);
+    let more = wait_for_async(Duration::from_secs(5), || async {
+        let (conns, _) = hold_connections(&d, &c, 2);
+        (conns.len() == 2).then_some(conns)
+    })
+    .await;
+    assert!(more.is_some(), "closed connections were not given back");
 }

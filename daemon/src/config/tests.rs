@@ -186,6 +186,43 @@ fn on_shutdown_keywords() {
     );
 }
 
+/// Self-service users can never hold every connection, nor can one uid (the hub) hold all the
+/// users leave: an admin can always connect.
+#[test]
+fn connection_limits_keep_a_reserve_for_the_hub_and_admins() {
+    let users = "self_service = true\n";
+    assert_problem(
+        &with_top(&format!("{users}max_connections = 64")),
+        "max_user_connections",
+        "would let self-service users take every connection (max_connections is 64)",
+    );
+    assert_problem(
+        &with_top(&format!(
+            "{users}max_connections = 1000\nmax_connections_per_uid = 936"
+        )),
+        "max_connections_per_uid",
+        "use less than 936, so that an admin can always connect",
+    );
+    assert!(
+        parse(&with_top(&format!(
+            "{users}max_connections = 1000\nmax_connections_per_uid = 935"
+        )))
+        .is_ok()
+    );
+    // Without self-service there are no user connections to reserve against.
+    assert!(
+        parse(&with_top(
+            "max_connections = 64\nmax_connections_per_uid = 63"
+        ))
+        .is_ok()
+    );
+    assert_problem(
+        &with_top("max_connections = 500"),
+        "max_connections_per_uid",
+        "1024 would let one uid (the hub) take every connection (max_connections 500)",
+    );
+}
+
 #[test]
 fn syntax_error_is_one_problem_with_position() {
     let text = "hub_user = \"daemon\"\ngroup = = \"nogroup\"\n";
