@@ -104,6 +104,8 @@ const TOP_KEYS: &[&str] = &[
     "max_user_connections_per_uid",
     "max_requests_in_flight",
     "first_request_timeout",
+    "idle_timeout",
+    "send_timeout",
     "default_profile",
     "profiles",
 ];
@@ -202,6 +204,12 @@ pub const DEFAULT_MAX_USER_CONNECTIONS_PER_UID: u32 = 4;
 pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: u32 = 64;
 /// Default for `first_request_timeout`: a peer that connects and sends nothing is dropped.
 pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `idle_timeout`: a connection with nothing in flight that sends nothing for this
+/// long is closed. Well above the 30 s between a hub's polls of a running server.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for `send_timeout`: a peer that leaves an answer unread for this long is
+/// disconnected.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connection limits (issue: a daemon every host relies on must survive floods).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,10 +223,15 @@ pub struct Limits {
     pub max_user_connections: u32,
     /// Open connections of one self-service user.
     pub max_user_connections_per_uid: u32,
-    /// Requests of one connection being answered (past it: `Busy`).
+    /// Requests of one connection being answered (past it: `Busy`); with the answers not sent
+    /// yet, the connection never has more than this.
     pub max_requests_in_flight: u32,
     /// How long a new connection may stay silent before its first request.
     pub first_request_timeout: Duration,
+    /// How long a connection with nothing in flight may stay silent after that.
+    pub idle_timeout: Duration,
+    /// How long one answer may wait for the peer to make room for it.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -230,6 +243,8 @@ impl Default for Limits {
             max_user_connections_per_uid: DEFAULT_MAX_USER_CONNECTIONS_PER_UID,
             max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
         }
     }
 }
@@ -628,13 +643,28 @@ impl Config {
             DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             1 << 16,
         );
-        let first_request_timeout = take_seconds(
-            &mut table,
-            "first_request_timeout",
+        let mut seconds = |name: &str, default: Duration, positive: bool| -> Duration {
+            let d = take_seconds(&mut table, name, name, default, &mut p);
+            if positive && d.is_zero() {
+                p.add(
+                    name,
+                    format!(
+                        "must be more than 0 seconds; give a positive number of seconds \
+                         (the default is {})",
+                        default.as_secs()
+                    ),
+                );
+                return default;
+            }
+            d
+        };
+        let first_request_timeout = seconds(
             "first_request_timeout",
             DEFAULT_FIRST_REQUEST_TIMEOUT,
-            &mut p,
+            false,
         );
+        let idle_timeout = seconds("idle_timeout", DEFAULT_IDLE_TIMEOUT, true);
+        let send_timeout = seconds("send_timeout", DEFAULT_SEND_TIMEOUT, true);
         let limits = Limits {
             max_connections,
             max_connections_per_uid,
@@ -642,6 +672,8 @@ impl Config {
             max_user_connections_per_uid,
             max_requests_in_flight,
             first_request_timeout,
+            idle_timeout,
+            send_timeout,
         };
         check_reserve(&limits, self_service.unwrap_or_default(), &mut p);
 

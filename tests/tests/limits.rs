@@ -1,16 +1,17 @@
-//! Connection limits: many concurrent connections, floods past the limits, silent peers, too
-//! many requests in flight. The daemon must answer `Busy` past a limit, keep serving the
-//! clients it already has, keep connections for the hub and the admins whatever self-service
-//! users do, and never be blocked by peers that say nothing.
+//! Connection limits: many concurrent connections, floods past the limits, silent and idle
+//! peers, too many requests in flight, peers that do not read their answers. The daemon must
+//! answer `Busy` past a limit, keep serving the clients it already has, keep connections for
+//! the hub and the admins whatever self-service users do, and never be blocked or grown by
+//! peers that say nothing or read nothing.
 
-use spawnd_client::Client;
+use spawnd_client::{BlockingClient, Client, ClientError, ReconnectingClient};
 use spawnd_protocol::{
     ErrorKind, ErrorReply, Request, Response, ServerId, StartRequest, decode_response,
     encode_request,
 };
 use spawnd_tests::{
-    DaemonOptions, RawConn, RawRecv, TestDaemon, TestUser, add_test_user, connect_as, require_root,
-    users, wait_for_async,
+    DaemonOptions, Profile, RawConn, RawRecv, TestDaemon, TestUser, add_test_user, connect_as,
+    procfs, require_root, sid, start, start_req, users, wait_for_async,
 };
 use std::time::{Duration, Instant};
 
@@ -400,4 +401,223 @@ async fn self_service_users_together_stay_within_max_user_connections() {
     })
     .await;
     assert!(more.is_some(), "closed connections were not given back");
+}
+
+/// Issue 11 item 7: only the first request had a timeout, so a peer could hold a connection for
+/// ever by going quiet after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_those_with_a_request_in_flight_are_not() {
+    require_root!();
+    let u = users();
+    let mut opts = options("idle_timeout = 1");
+    // A stop that takes 3 s: SIGINT is ignored until the profile's interrupt_timeout.
+    opts.profiles.push(
+        Profile::shell(
+            "slowstop",
+            "trap '' INT; echo slowstop-ready; while :; do sleep 0.1; done",
+        )
+        .timeouts(3.0, 5.0, 5.0),
+    );
+    let d = TestDaemon::start(opts);
+
+    // Idle after one answer: closed once idle_timeout has passed, not before.
+    let idle = hub_raw(&d);
+    assert!(matches!(
+        idle.request(1, &Request::Status).body,
+        Response::Status(_)
+    ));
+    assert!(
+        matches!(
+            idle.recv(Duration::from_millis(300)).expect("recv"),
+            RawRecv::TimedOut
+        ),
+        "closed before idle_timeout"
+    );
+    assert!(
+        is_closed(&idle, Duration::from_secs(10)),
+        "an idle connection was kept open"
+    );
+    assert!(d.stderr().contains("closed an idle connection"), "audited");
+
+    // A request in flight for longer than idle_timeout: the connection stays for its answer.
+    let hub = d.hub_client().await;
+    let server = sid(&u.a.name, "slow");
+    start(&hub, start_req(&u.a.name, "slow", "slowstop")).await;
+    wait_for_async(Duration::from_secs(5), || async {
+        let t = hub.logs(&server, 10).await.ok()?;
+        t.lines.iter().any(|l| l == "slowstop-ready").then_some(())
+    })
+    .await
+    .expect("server ready");
+    let busy = hub_raw(&d);
+    let stop = Request::Stop {
+        server,
+        instance: None,
+        now: false,
+    };
+    busy.send(&encode_request(7, &stop).unwrap()).unwrap();
+    match answer(&busy, Duration::from_secs(30)) {
+        Some((7, Response::Stopped { .. })) => {}
+        other => panic!("expected the stop's answer on a connection kept open, got {other:?}"),
+    }
+    // Idle from the answer on.
+    assert!(
+        matches!(
+            busy.recv(Duration::from_millis(300)).expect("recv"),
+            RawRecv::TimedOut
+        ),
+        "closed before idle_timeout after the answer"
+    );
+    assert!(
+        is_closed(&busy, Duration::from_secs(10)),
+        "kept open after its answer"
+    );
+}
+
+/// What each client does with a connection the daemon closed while it was idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_after_an_idle_close() {
+    require_root!();
+    let d = TestDaemon::start(options("idle_timeout = 1"));
+    let h = &users().hub;
+    let idle_closes = || d.stderr().matches("closed an idle connection").count();
+
+    // The Rust Client does not reconnect: the next call says clearly that nothing was sent.
+    let client = d.hub_client().await;
+    client.status().await.expect("status");
+    wait_for_async(Duration::from_secs(10), || async {
+        (!client.is_open()).then_some(())
+    })
+    .await
+    .expect("the client sees the connection closed");
+    let err = client.status().await.unwrap_err();
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
+    assert!(err.to_string().contains("idle_timeout"), "{err}");
+
+    // So does the blocking client (spawnctl's).
+    let fd = connect_as(&d.socket, h.uid, h.gid, &h.groups).expect("connect");
+    let blocking = BlockingClient::from_fd(fd).expect("client");
+    blocking.status().expect("status");
+    let before = idle_closes();
+    wait_for_async(Duration::from_secs(10), || async {
+        (idle_closes() > before).then_some(())
+    })
+    .await
+    .expect("the daemon closes the idle connection");
+    let err = blocking.status().unwrap_err();
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
+
+    // The reconnecting client (the hub's, through the Python binding) connects again and the
+    // call succeeds.
+    let spawnd = ReconnectingClient::new(&d.socket, Duration::from_secs(5));
+    spawnd
+        .call(|c| async move { c.status().await })
+        .await
+        .expect("status");
+    let before = idle_closes();
+    wait_for_async(Duration::from_secs(10), || async {
+        (idle_closes() > before).then_some(())
+    })
+    .await
+    .expect("the daemon closes the idle connection");
+    let status = spawnd
+        .call(|c| async move { c.status().await })
+        .await
+        .expect("the next call after an idle close succeeds");
+    assert_eq!(status.your_role, "admin");
+}
+
+/// Issue 11 item 8: a peer that sent Logs requests and never read the answers made the daemon
+/// keep every answer (3,000 requests 2 ms apart: 18 → 473 MB), and was never disconnected.
+/// Runs with the default send_timeout (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_its_answers_is_disconnected_and_does_not_grow_the_daemon() {
+    require_root!();
+    const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+    let u = users();
+    let mut opts = options("");
+    // About 300 KB of log, so that every Logs answer fills a packet.
+    opts.profiles.push(Profile::shell(
+        "chatty",
+        "i=0; while [ $i -lt 3000 ]; do echo \"line $i of a log that fills every Logs answer \
+         to the brim, ninety bytes or so, over and over\"; i=$((i+1)); done; \
+         echo chatty-ready; exec sleep 1000",
+    ));
+    let d = TestDaemon::start(opts);
+    let hub = d.hub_client().await;
+    let server = sid(&u.a.name, "chatty");
+    start(&hub, start_req(&u.a.name, "chatty", "chatty")).await;
+    let tail = wait_for_async(Duration::from_secs(10), || async {
+        let t = hub.logs(&server, 10_000).await.ok()?;
+        (t.lines.last().map(String::as_str) == Some("chatty-ready")).then_some(t)
+    })
+    .await
+    .expect("server ready");
+    let answer_size: usize = tail.lines.iter().map(String::len).sum();
+    assert!(
+        answer_size > 48 * 1024,
+        "a Logs answer of {answer_size} bytes"
+    );
+    let pid = d.pid();
+    let base = procfs::rss_kib(pid).expect("VmRSS");
+
+    // 3,000 Logs requests 2 ms apart on one connection that never reads.
+    let flood = hub_raw(&d);
+    let logs = encode_request(
+        1,
+        &Request::Logs {
+            server: server.clone(),
+            lines: 10_000,
+        },
+    )
+    .unwrap();
+    let flooder = std::thread::spawn(move || {
+        let started = Instant::now();
+        for sent in 0..3000u32 {
+            if let Err(e) = flood.send(&logs) {
+                return (sent, Some((e, started.elapsed())));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (3000, None)
+    });
+    // Meanwhile the hub keeps getting answers, and the daemon's memory is watched.
+    let mut peak = base;
+    let mut answered = 0;
+    while !flooder.is_finished() {
+        tokio::time::timeout(Duration::from_secs(10), hub.poll(&server, None))
+            .await
+            .expect("the hub waited 10 s for an answer during the flood")
+            .expect("the hub's poll is answered");
+        answered += 1;
+        peak = peak.max(procfs::rss_kib(pid).expect("VmRSS"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (sent, failed) = flooder.join().expect("flooder");
+    let grown = peak.saturating_sub(base);
+    eprintln!(
+        "sent {sent} Logs requests; daemon RSS {base} KiB, peak {peak} KiB (+{grown} KiB); \
+         the hub got {answered} answers meanwhile"
+    );
+    let (error, after) = failed.unwrap_or_else(|| {
+        panic!("the daemon took all {sent} requests of a peer that reads nothing (+{grown} KiB)")
+    });
+    assert_eq!(
+        error.raw_os_error(),
+        Some(libc::EPIPE),
+        "the daemon shut the connection down: {error}"
+    );
+    assert!(
+        after < SEND_TIMEOUT + Duration::from_secs(20),
+        "disconnected only after {after:?}"
+    );
+    assert!(
+        grown < 32 * 1024,
+        "the daemon grew by {grown} KiB for a peer that reads nothing"
+    );
+    assert!(
+        d.stderr().contains("does not read its answers"),
+        "the disconnection is audited"
+    );
+    hub.status().await.expect("the hub is still served");
 }
