@@ -29,14 +29,25 @@ pub struct Daemon {
     capabilities: Vec<String>,
 }
 
-/// Open connections: in all, per peer uid, and of self-service users together.
+/// Open connections: in all, per peer uid, of self-service users together; and refusals in
+/// progress.
 #[derive(Debug, Default)]
 struct Connections {
     total: u32,
     per_uid: HashMap<u32, u32>,
     /// Connections of the `user` role (self-service users), all together.
     users: u32,
+    /// Refused connections still waiting to be answered `Busy`.
+    refusing: u32,
 }
+
+/// Refused connections answered `Busy` at once at most: each waits up to
+/// [`REFUSAL_WAIT`] for the peer's first request, so a peer retrying past a limit in a loop
+/// must not make the daemon hold a descriptor per attempt. Past it, refused connections are
+/// closed unread.
+const MAX_REFUSALS: u32 = 64;
+/// How long a refused connection may take to send the request its `Busy` answers.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
 /// Requests with answers that may fill a whole packet (a page of servers, a log tail) that one
 /// connection may have in flight, answered or not yet sent. Beyond it the connection's next
@@ -66,6 +77,17 @@ impl Drop for Admitted {
                 c.per_uid.remove(&self.uid);
             }
         }
+    }
+}
+
+/// One refusal in progress; counted until dropped.
+#[derive(Debug)]
+struct Refusal(Arc<Daemon>);
+
+impl Drop for Refusal {
+    fn drop(&mut self) {
+        let mut c = self.0.connections();
+        c.refusing = c.refusing.saturating_sub(1);
     }
 }
 
@@ -145,15 +167,26 @@ impl Daemon {
                     tokio::spawn(self.clone().connection(conn, admitted));
                 }
                 Err(why) => {
+                    let refusal = self.refusal();
                     tracing::warn!(
                         target: "audit",
                         peer_uid = peer.uid,
                         peer_pid = peer.pid,
                         %role,
-                        "refused a connection: {why}"
+                        "refused a connection: {why}{}",
+                        if refusal.is_none() {
+                            format!(
+                                "; closed unread, as {MAX_REFUSALS} other refused connections \
+                                 are still being answered"
+                            )
+                        } else {
+                            String::new()
+                        }
                     );
-                    let timeout = config.limits.send_timeout;
-                    tokio::spawn(refuse_busy(socket, why, timeout));
+                    if let Some(refusal) = refusal {
+                        let timeout = config.limits.send_timeout;
+                        tokio::spawn(refuse_busy(socket, why, timeout, refusal));
+                    }
                 }
             }
         }
@@ -208,6 +241,16 @@ impl Daemon {
             uid: peer.uid,
             user,
         })
+    }
+
+    /// Counts a refusal in progress, unless [`MAX_REFUSALS`] are.
+    fn refusal(self: &Arc<Self>) -> Option<Refusal> {
+        let mut c = self.connections();
+        if c.refusing >= MAX_REFUSALS {
+            return None;
+        }
+        c.refusing += 1;
+        Some(Refusal(self.clone()))
     }
 
     /// Reads and answers a connection's requests until the peer ends it, it stays idle for
@@ -655,9 +698,9 @@ async fn recv_packet(socket: &UnixSeqpacket) -> std::io::Result<Packet> {
 }
 
 /// Answers the first request of a connection over a limit with `Busy` (its id when it comes
-/// within a second, else id 0), then closes it.
-async fn refuse_busy(socket: UnixSeqpacket, why: String, timeout: Duration) {
-    let id = match tokio::time::timeout(Duration::from_secs(1), recv_packet(&socket)).await {
+/// within [`REFUSAL_WAIT`], else id 0), then closes it.
+async fn refuse_busy(socket: UnixSeqpacket, why: String, timeout: Duration, _refusal: Refusal) {
+    let id = match tokio::time::timeout(REFUSAL_WAIT, recv_packet(&socket)).await {
         Ok(Ok(Packet::Bytes(bytes))) => spawnd_protocol::peek_header(&bytes).map_or(0, |h| h.id),
         _ => 0,
     };

@@ -621,3 +621,41 @@ async fn a_peer_that_does_not_read_its_answers_is_disconnected_and_does_not_grow
     );
     hub.status().await.expect("the hub is still served");
 }
+
+/// A peer past its limit that connects in a loop and sends nothing: each refusal waits a
+/// second for the request its `Busy` answers, and used to keep a descriptor for it, one per
+/// attempt. At most 64 refusals wait at once; the others are closed unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_cannot_pile_up() {
+    require_root!();
+    raise_fd_limit();
+    let u = users();
+    let d = TestDaemon::start(self_service(""));
+    d.open_socket_to_all();
+    let (held, refused) = hold_connections(&d, &u.a, 10);
+    assert!(refused.is_some());
+    let pid = d.pid();
+    let base = procfs::fd_count(pid).expect("fds");
+    let mut attempts = Vec::new();
+    let mut peak = base;
+    for i in 0..400 {
+        attempts.push(d.raw_as(&u.a));
+        if i % 10 == 0 {
+            peak = peak.max(procfs::fd_count(pid).expect("fds"));
+        }
+    }
+    peak = peak.max(procfs::fd_count(pid).expect("fds"));
+    eprintln!("daemon descriptors: {base} before 400 refused connections, {peak} at most");
+    assert!(
+        peak <= base + 64 + 8,
+        "refused connections held {} descriptors",
+        peak - base
+    );
+    assert!(d.stderr().contains("closed unread"), "audited");
+    d.hub_client()
+        .await
+        .status()
+        .await
+        .expect("the hub is served");
+    drop(held);
+}
