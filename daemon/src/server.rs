@@ -272,6 +272,8 @@ impl Daemon {
                     limits.first_request_timeout
                 };
                 tokio::select! {
+                    // A request that has arrived is read even when the timeout has passed too.
+                    biased;
                     received = recv_packet(&conn.socket) => received,
                     () = conn.idle_for(timeout) => {
                         if !conn.close_idle(spoke, timeout) {
