@@ -260,28 +260,31 @@ impl Daemon {
         let limits = conn.limits;
         let mut spoke = false;
         let mut draining = false;
+        // A peer that connects and says nothing, or stops talking, must not hold a connection
+        // for long. One timer for the connection's life, set again only when it fires (not
+        // at every request): then the connection is closed, or the timer set for the end of
+        // the idle time counted from its last packet or answer.
+        let idle = tokio::time::sleep(limits.first_request_timeout);
+        tokio::pin!(idle);
         loop {
-            let received = if draining {
-                recv_packet(&conn.socket).await
-            } else {
-                // A peer that connects and says nothing, or stops talking, must not hold a
-                // connection for long.
-                let timeout = if spoke {
-                    limits.idle_timeout
-                } else {
-                    limits.first_request_timeout
-                };
-                tokio::select! {
-                    // A request that has arrived is read even when the timeout has passed too.
-                    biased;
-                    received = recv_packet(&conn.socket) => received,
-                    () = conn.idle_for(timeout) => {
-                        if !conn.close_idle(spoke, timeout) {
-                            break;
-                        }
+            let received = tokio::select! {
+                // A request that has arrived is read even when the timer has fired too.
+                biased;
+                received = recv_packet(&conn.socket) => received,
+                () = &mut idle, if !draining => {
+                    let timeout = if spoke {
+                        limits.idle_timeout
+                    } else {
+                        limits.first_request_timeout
+                    };
+                    if let Some(later) = conn.idle_until(timeout) {
+                        idle.as_mut().reset(later);
+                    } else if conn.close_idle(spoke, timeout) {
                         draining = true;
-                        continue;
+                    } else {
+                        break;
                     }
+                    continue;
                 }
             };
             if conn.is_shut() {
@@ -294,9 +297,13 @@ impl Daemon {
                     break;
                 }
             };
+            if !spoke && !matches!(packet, Packet::End) {
+                spoke = true;
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + limits.idle_timeout);
+            }
             let bytes = match packet {
                 Packet::TooLarge => {
-                    spoke = true;
                     conn.touch();
                     conn.refuse_packet(&DecodeError::TooLarge).await;
                     continue;
@@ -304,7 +311,6 @@ impl Daemon {
                 Packet::End => break,
                 Packet::Bytes(bytes) => bytes,
             };
-            spoke = true;
             conn.touch();
             let envelope = match decode_request(&bytes) {
                 Ok(env) => env,
@@ -862,6 +868,9 @@ impl Conn {
 
     /// Waits until `check` gives a value, checking again whenever something changes.
     async fn wait_for<T>(&self, mut check: impl FnMut(&mut Flight) -> Option<T>) -> T {
+        if let Some(v) = check(&mut self.flight()) {
+            return v;
+        }
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -915,14 +924,17 @@ impl Conn {
         }
     }
 
-    /// Returns once nothing has been in flight and nothing received for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
-        let last = self
-            .wait_for(|f| (f.requests == 0 && f.unsent == 0).then_some(f.last))
-            .await;
-        // Nothing can start meanwhile: only the connection's reader starts requests, and it
-        // is waiting for this or for a packet.
-        tokio::time::sleep_until(last + timeout).await;
+    /// `None` when nothing has been in flight and nothing received for `timeout`; else when
+    /// to ask again: `timeout` after the last packet or answer, or from now while a request is
+    /// in flight (its answer counts as activity when it leaves).
+    fn idle_until(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        let f = self.flight();
+        let now = tokio::time::Instant::now();
+        if f.requests > 0 || f.unsent > 0 {
+            Some(now + timeout)
+        } else {
+            (f.last + timeout > now).then_some(f.last + timeout)
+        }
     }
 
     /// Every answer owed has been sent, or could not be.
