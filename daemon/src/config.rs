@@ -649,8 +649,7 @@ impl Config {
                 p.add(
                     name,
                     format!(
-                        "must be more than 0 seconds; give a positive number of seconds \
-                         (the default is {})",
+                        "must be more than 0 seconds (the default is {})",
                         default.as_secs()
                     ),
                 );
