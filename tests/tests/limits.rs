@@ -602,9 +602,10 @@ async fn a_peer_that_does_not_read_its_answers_is_disconnected_and_does_not_grow
     let (error, after) = failed.unwrap_or_else(|| {
         panic!("the daemon took all {sent} requests of a peer that reads nothing (+{grown} KiB)")
     });
-    assert_eq!(
-        error.raw_os_error(),
-        Some(libc::EPIPE),
+    // EPIPE once the daemon shut the connection down, ECONNRESET once it closed it with the
+    // peer's requests unread.
+    assert!(
+        matches!(error.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)),
         "the daemon shut the connection down: {error}"
     );
     assert!(
