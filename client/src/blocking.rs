@@ -66,7 +66,7 @@ impl BlockingClient {
     }
 
     /// False once the connection has been lost; every call then fails with
-    /// [`ClientError::Disconnected`].
+    /// [`ClientError::Closed`].
     pub fn is_open(&self) -> bool {
         self.lock().open
     }
@@ -154,7 +154,7 @@ impl Conn {
     /// One round trip: send the request, then read until its answer arrives.
     fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         if !self.open {
-            return Err(ClientError::Disconnected);
+            return Err(ClientError::Closed);
         }
         let id = self.next_id;
         self.next_id = match self.next_id.wrapping_add(1) {
@@ -172,8 +172,10 @@ impl Conn {
                     ))));
                 }
                 Err(Errno::EINTR) => continue,
+                // The daemon no longer reads this connection (an idle one it closed): the
+                // request never reached it.
                 Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN) => {
-                    return Err(self.fail(ClientError::Disconnected));
+                    return Err(self.fail(ClientError::Closed));
                 }
                 Err(e) => return Err(ClientError::io("cannot send a request to spawnd", e.into())),
             }
@@ -266,6 +268,25 @@ mod tests {
         let err = client.status().unwrap_err();
         assert!(err.is_daemon_unreachable(), "{err:?}");
         assert!(!client.is_open());
+    }
+
+    #[test]
+    fn a_request_the_daemon_no_longer_reads_is_not_sent() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        // What spawnd does to an idle connection before it closes it.
+        nix::sys::socket::shutdown(b.as_raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
+        let client = BlockingClient::from_fd(a).unwrap();
+        let err = client.status().unwrap_err();
+        assert!(matches!(err, ClientError::Closed), "{err:?}");
+        assert!(err.to_string().contains("not sent"), "{err}");
+        assert!(!client.is_open());
+        drop(b);
     }
 
     #[test]

@@ -72,11 +72,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Allocates an unused id and registers the call under it.
+    /// Allocates an unused id and registers the call under it; [`ClientError::Closed`] once
+    /// the connection is closed (nothing is sent then).
     fn register(&self, tx: oneshot::Sender<Reply>) -> Result<u32, ClientError> {
         let mut state = self.lock();
         if !state.open {
-            return Err(ClientError::Disconnected);
+            return Err(ClientError::Closed);
         }
         let id = loop {
             let id = state.next_id;
@@ -104,6 +105,12 @@ impl Shared {
 
     fn forget(&self, id: u32) {
         self.lock().pending.remove(&id);
+    }
+
+    /// Refuses later calls, but leaves the pending ones to the reader: the daemon answers
+    /// what it received before it stopped reading, then ends the connection.
+    fn stop_sending(&self) {
+        self.lock().open = false;
     }
 
     /// Marks the connection unusable and fails every pending call.
@@ -160,9 +167,11 @@ impl Drop for Inner {
 ///
 /// Cheap to clone (all clones share one connection) and safe to use from many tasks at once:
 /// each call carries its own request id and the responses, in whatever order the daemon sends
-/// them, go to the call they answer. When the connection drops, every pending call and every
-/// later call fails with [`ClientError::Disconnected`]; there is no silent reconnect, connect
-/// again to retry.
+/// them, go to the call they answer. When the connection drops, every pending call fails with
+/// [`ClientError::Disconnected`] (the daemon may have acted on it), and every later call with
+/// [`ClientError::Closed`] (nothing was sent). The daemon closes connections that stay idle
+/// for its `idle_timeout`. There is no silent reconnect here: connect again to retry, or use
+/// [`ReconnectingClient`](crate::ReconnectingClient), which does.
 ///
 /// Calls do not time out by themselves (a `stop` legitimately takes as long as the profile's
 /// timeouts); wrap them in `tokio::time::timeout` if needed. A call whose future is dropped is
@@ -233,7 +242,7 @@ impl Client {
     }
 
     /// False once the connection has been lost; every call then fails with
-    /// [`ClientError::Disconnected`].
+    /// [`ClientError::Closed`].
     pub fn is_open(&self) -> bool {
         self.inner.shared.is_open()
     }
@@ -271,8 +280,11 @@ impl Client {
                 return Err(failure.to_error());
             }
             Err(e) if is_disconnect(&e) => {
-                shared.close(&Failure::Disconnected);
-                return Err(ClientError::Disconnected);
+                // The daemon no longer reads this connection (it closes idle ones by shutting
+                // down its reading first), so this request never reached it. Those sent before
+                // are still answered: leave them to the reader.
+                shared.stop_sending();
+                return Err(ClientError::Closed);
             }
             Err(e) => return Err(ClientError::io("cannot send a request to spawnd", e)),
         }

@@ -31,15 +31,26 @@ pub enum ClientError {
     )]
     Busy { path: PathBuf, waited: Duration },
 
-    /// The connection is gone (the daemon closed it, restarted, or refused this peer's
-    /// credentials). Pending and later calls on this [`crate::Client`] fail with this; connect
-    /// again to retry.
+    /// The connection ended while the call waited for its answer (the daemon stopped or
+    /// restarted, refused this peer's credentials, or closed a connection whose answers were
+    /// not read). The request may or may not have been carried out.
     #[error(
-        "connection to spawnd was closed (the daemon stopped or restarted, or it does not accept \
-         this user: check that it runs and that this user is the hub user, an admin, or allowed \
-         self-service); connect again to retry"
+        "connection to spawnd was closed before it answered (the daemon stopped or restarted, \
+         or it does not accept this user: check that it runs and that this user is the hub \
+         user, an admin, or allowed self-service); connect again to retry"
     )]
     Disconnected,
+
+    /// The connection had already been closed when the request was to be sent, so the daemon
+    /// never received it and nothing was done. The daemon closes connections that stay idle
+    /// for its `idle_timeout`, and all of them when it restarts: send the request again on a
+    /// new connection ([`crate::ReconnectingClient`] does so by itself).
+    #[error(
+        "connection to spawnd was already closed, so the request was not sent (spawnd closes \
+         connections idle for longer than its idle_timeout, and all of them when it restarts); \
+         nothing was done: connect again and retry"
+    )]
+    Closed,
 
     /// The daemon answered with an error. Displays as the daemon wrote it: `Kind: message`.
     #[error(transparent)]
@@ -96,7 +107,10 @@ impl ClientError {
     pub fn is_daemon_unreachable(&self) -> bool {
         matches!(
             self,
-            ClientError::Connect { .. } | ClientError::Busy { .. } | ClientError::Disconnected
+            ClientError::Connect { .. }
+                | ClientError::Busy { .. }
+                | ClientError::Disconnected
+                | ClientError::Closed
         )
     }
 

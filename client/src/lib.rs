@@ -1,9 +1,10 @@
 //! Client for the spawnd daemon.
 //!
 //! [`Client`] is the async client (tokio): one `SOCK_SEQPACKET` connection shared by any number
-//! of concurrent calls. [`BlockingClient`] offers the same calls synchronously. Both speak the
-//! protocol of [`spawnd_protocol`] (re-exported as [`protocol`]); its README documents the
-//! bytes on the wire.
+//! of concurrent calls. [`ReconnectingClient`] connects again when the daemon has closed that
+//! connection (it closes idle ones), for long-lived callers such as the hub. [`BlockingClient`]
+//! offers the same calls synchronously. They speak the protocol of [`spawnd_protocol`]
+//! (re-exported as [`protocol`]); its README documents the bytes on the wire.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), spawnd_client::ClientError> {
@@ -25,10 +26,12 @@ mod calls;
 mod client;
 mod connect;
 mod error;
+mod reconnecting;
 
 pub use blocking::BlockingClient;
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, MAX_IN_FLIGHT};
 pub use error::ClientError;
+pub use reconnecting::ReconnectingClient;
 pub use spawnd_protocol as protocol;
 
 /// Where spawnd listens unless configured otherwise.

@@ -110,9 +110,13 @@ const TOP_KEYS: &[&str] = &[
     "on_shutdown",
     "max_connections",
     "max_connections_per_uid",
+    "max_user_connections",
+    "max_user_connections_per_uid",
     "max_requests_in_flight",
     "first_request_timeout",
     "launch_timeout",
+    "idle_timeout",
+    "send_timeout",
     "default_profile",
     "profiles",
 ];
@@ -199,12 +203,24 @@ pub const UNLIMITED: u64 = libc::RLIM_INFINITY;
 
 /// Default for `max_connections`: open connections at once, all peers together.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
-/// Default for `max_connections_per_uid`.
+/// Default for `max_connections_per_uid`: what one uid may hold (the hub holds one connection
+/// per client it makes, so this stays high).
 pub const DEFAULT_MAX_CONNECTIONS_PER_UID: u32 = 1024;
+/// Default for `max_user_connections`: what self-service users may hold, all together. The rest
+/// of `max_connections` is the hub's and the admins'.
+pub const DEFAULT_MAX_USER_CONNECTIONS: u32 = 64;
+/// Default for `max_user_connections_per_uid`: what one self-service user may hold.
+pub const DEFAULT_MAX_USER_CONNECTIONS_PER_UID: u32 = 4;
 /// Default for `max_requests_in_flight` (per connection).
 pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: u32 = 64;
 /// Default for `first_request_timeout`: a peer that connects and sends nothing is dropped.
 pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `idle_timeout`: a connection with nothing in flight that sends nothing for this
+/// long is closed. Well above the 30 s between a hub's polls of a running server.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for `send_timeout`: a peer that leaves an answer unread for this long is
+/// disconnected.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default for `launch_timeout`: a new server process that has not executed its program after
 /// this long (a home directory on a file system that hangs, a user who stopped it) is killed.
@@ -213,10 +229,24 @@ pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connection limits (issue: a daemon every host relies on must survive floods).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Open connections, all peers together.
     pub max_connections: u32,
+    /// Open connections of one uid.
     pub max_connections_per_uid: u32,
+    /// Open connections of self-service users (role `user`), all together: always less than
+    /// `max_connections`, so that users can never take the hub's and the admins' connections.
+    pub max_user_connections: u32,
+    /// Open connections of one self-service user.
+    pub max_user_connections_per_uid: u32,
+    /// Requests of one connection being answered (past it: `Busy`); with the answers not sent
+    /// yet, the connection never has more than this.
     pub max_requests_in_flight: u32,
+    /// How long a new connection may stay silent before its first request.
     pub first_request_timeout: Duration,
+    /// How long a connection with nothing in flight may stay silent after that.
+    pub idle_timeout: Duration,
+    /// How long one answer may wait for the peer to make room for it.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -224,8 +254,12 @@ impl Default for Limits {
         Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            max_user_connections: DEFAULT_MAX_USER_CONNECTIONS,
+            max_user_connections_per_uid: DEFAULT_MAX_USER_CONNECTIONS_PER_UID,
             max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
         }
     }
 }
@@ -644,24 +678,53 @@ impl Config {
             DEFAULT_MAX_CONNECTIONS_PER_UID,
             1 << 20,
         );
+        let max_user_connections = count(
+            "max_user_connections",
+            DEFAULT_MAX_USER_CONNECTIONS,
+            1 << 20,
+        );
+        let max_user_connections_per_uid = count(
+            "max_user_connections_per_uid",
+            DEFAULT_MAX_USER_CONNECTIONS_PER_UID,
+            1 << 20,
+        );
         let max_requests_in_flight = count(
             "max_requests_in_flight",
             DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             1 << 16,
         );
-        let first_request_timeout = take_seconds(
-            &mut table,
-            "first_request_timeout",
+        let mut seconds = |name: &str, default: Duration, positive: bool| -> Duration {
+            let d = take_seconds(&mut table, name, name, default, &mut p);
+            if positive && d.is_zero() {
+                p.add(
+                    name,
+                    format!(
+                        "must be more than 0 seconds (the default is {})",
+                        default.as_secs()
+                    ),
+                );
+                return default;
+            }
+            d
+        };
+        let first_request_timeout = seconds(
             "first_request_timeout",
             DEFAULT_FIRST_REQUEST_TIMEOUT,
-            &mut p,
+            false,
         );
+        let idle_timeout = seconds("idle_timeout", DEFAULT_IDLE_TIMEOUT, true);
+        let send_timeout = seconds("send_timeout", DEFAULT_SEND_TIMEOUT, true);
         let limits = Limits {
             max_connections,
             max_connections_per_uid,
+            max_user_connections,
+            max_user_connections_per_uid,
             max_requests_in_flight,
             first_request_timeout,
+            idle_timeout,
+            send_timeout,
         };
+        check_reserve(&limits, self_service.unwrap_or_default(), &mut p);
 
         let launch_timeout = take_seconds(
             &mut table,
@@ -776,6 +839,49 @@ impl Config {
             name
         };
         self.profiles.get(name)
+    }
+}
+
+/// The connections self-service users may hold must leave some for the hub and the admins, and
+/// one uid at its limit (the hub) must leave some for an admin. Without `self_service` there are
+/// no user connections.
+fn check_reserve(l: &Limits, self_service: bool, p: &mut Problems) {
+    let users = if self_service {
+        if l.max_user_connections >= l.max_connections {
+            p.add(
+                "max_user_connections",
+                format!(
+                    "{} would let self-service users take every connection (max_connections is \
+                     {}); use less than max_connections, so that the hub and the admins keep \
+                     the rest",
+                    l.max_user_connections, l.max_connections
+                ),
+            );
+            return;
+        }
+        l.max_user_connections
+    } else {
+        0
+    };
+    let left = l.max_connections - users;
+    if l.max_connections_per_uid >= left {
+        let what = if self_service {
+            format!(
+                "every connection the self-service users leave (max_connections {} - \
+                 max_user_connections {users})",
+                l.max_connections
+            )
+        } else {
+            format!("every connection (max_connections {})", l.max_connections)
+        };
+        p.add(
+            "max_connections_per_uid",
+            format!(
+                "{} would let one uid (the hub) take {what}; use less than {left}, so that an \
+                 admin can always connect",
+                l.max_connections_per_uid
+            ),
+        );
     }
 }
 

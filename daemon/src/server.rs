@@ -1,7 +1,7 @@
 //! The socket: admitting peers, reading requests, answering them, auditing every one.
 
 use crate::auth::{self, Peer, Role};
-use crate::config::{self, Config, Profile};
+use crate::config::{self, Config, Limits, Profile};
 use crate::launch::{LaunchInput, LaunchSpec, Launcher};
 use crate::logs;
 use crate::policy::{self, Target};
@@ -13,9 +13,9 @@ use spawnd_protocol::{
 };
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
 /// The daemon's shared state.
@@ -31,34 +31,65 @@ pub struct Daemon {
     capabilities: Vec<String>,
 }
 
-/// Open connections, in all and per peer uid.
+/// Open connections: in all, per peer uid, of self-service users together; and refusals in
+/// progress.
 #[derive(Debug, Default)]
 struct Connections {
     total: u32,
     per_uid: HashMap<u32, u32>,
+    /// Connections of the `user` role (self-service users), all together.
+    users: u32,
+    /// Refused connections still waiting to be answered `Busy`.
+    refusing: u32,
 }
+
+/// Refused connections answered `Busy` at once at most: each waits up to
+/// [`REFUSAL_WAIT`] for the peer's first request, so a peer retrying past a limit in a loop
+/// must not make the daemon hold a descriptor per attempt. Past it, refused connections are
+/// closed unread.
+const MAX_REFUSALS: u32 = 64;
+/// How long a refused connection may take to send the request its `Busy` answers.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Requests with answers that may fill a whole packet (a page of servers, a log tail) that one
+/// connection may have in flight, answered or not yet sent. Beyond it the connection's next
+/// such request waits (its reading pauses) instead of being answered `Busy`. With
+/// `max_requests_in_flight` for all of them, this bounds what one connection can make the
+/// daemon hold to 4 answers of 64 KiB and a few dozen small ones.
+const MAX_LARGE_IN_FLIGHT: u32 = 4;
 
 /// One admitted connection; counted until dropped.
 #[derive(Debug)]
 struct Admitted {
     daemon: Arc<Daemon>,
     uid: u32,
+    user: bool,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut c = self
-            .daemon
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut c = self.daemon.connections();
         c.total = c.total.saturating_sub(1);
+        if self.user {
+            c.users = c.users.saturating_sub(1);
+        }
         if let Some(n) = c.per_uid.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 c.per_uid.remove(&self.uid);
             }
         }
+    }
+}
+
+/// One refusal in progress; counted until dropped.
+#[derive(Debug)]
+struct Refusal(Arc<Daemon>);
+
+impl Drop for Refusal {
+    fn drop(&mut self) {
+        let mut c = self.0.connections();
+        c.refusing = c.refusing.saturating_sub(1);
     }
 }
 
@@ -100,6 +131,10 @@ impl Daemon {
         &self.supervisor
     }
 
+    fn connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Accepts connections until the listener fails for good.
     pub async fn serve(self: Arc<Self>, mut listener: UnixSeqpacketListener) {
         loop {
@@ -108,7 +143,7 @@ impl Daemon {
                 Err(e) => {
                     // EMFILE and friends: keep the daemon up, back off a little.
                     tracing::error!("accepting a connection failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
@@ -119,7 +154,8 @@ impl Daemon {
                     continue;
                 }
             };
-            let Some(role) = auth::role_of(&peer, &self.config()) else {
+            let config = self.config();
+            let Some(role) = auth::role_of(&peer, &config) else {
                 tracing::warn!(
                     target: "audit",
                     peer_uid = peer.uid,
@@ -130,20 +166,33 @@ impl Daemon {
                 // Dropping closes it before a byte is read.
                 continue;
             };
-            match self.admit(&peer) {
+            match self.admit(&peer, role, &config.limits) {
                 Ok(admitted) => {
                     tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, %role, "connection");
-                    tokio::spawn(self.clone().connection(socket, peer, role, admitted));
+                    let conn = Arc::new(Conn::new(socket, peer, role, config.limits));
+                    tokio::spawn(self.clone().connection(conn, admitted));
                 }
                 Err(why) => {
+                    let refusal = self.refusal();
                     tracing::warn!(
                         target: "audit",
                         peer_uid = peer.uid,
                         peer_pid = peer.pid,
                         %role,
-                        "refused a connection: {why}"
+                        "refused a connection: {why}{}",
+                        if refusal.is_none() {
+                            format!(
+                                "; closed unread, as {MAX_REFUSALS} other refused connections \
+                                 are still being answered"
+                            )
+                        } else {
+                            String::new()
+                        }
                     );
-                    tokio::spawn(refuse_busy(socket, why));
+                    if let Some(refusal) = refusal {
+                        let timeout = config.limits.send_timeout;
+                        tokio::spawn(refuse_busy(socket, why, timeout, refusal));
+                    }
                 }
             }
         }
@@ -181,17 +230,38 @@ impl Daemon {
         }
     }
 
-    /// Counts a new connection against the limits, or says which limit it hits.
-    fn admit(self: &Arc<Self>, peer: &Peer) -> Result<Admitted, String> {
-        let limits = self.config().limits;
-        let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+    /// Counts a new connection against the limits, or says which limit it hits. Self-service
+    /// users have their own, smaller limits, so that they never take the connections the hub
+    /// and the admins need.
+    fn admit(
+        self: &Arc<Self>,
+        peer: &Peer,
+        role: Role,
+        limits: &Limits,
+    ) -> Result<Admitted, String> {
+        let user = role == Role::User;
+        let mut c = self.connections();
+        let mine = c.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if user && c.users >= limits.max_user_connections {
+            return Err(format!(
+                "self-service users hold {} open connections, spawnd's max_user_connections; \
+                 try again shortly",
+                c.users
+            ));
+        }
+        if user && mine >= limits.max_user_connections_per_uid {
+            return Err(format!(
+                "uid {} has {mine} open connections, spawnd's max_user_connections_per_uid; \
+                 close some (one connection serves any number of concurrent requests)",
+                peer.uid
+            ));
+        }
         if c.total >= limits.max_connections {
             return Err(format!(
                 "spawnd has {} open connections, its max_connections; try again shortly",
                 c.total
             ));
         }
-        let mine = c.per_uid.get(&peer.uid).copied().unwrap_or(0);
         if mine >= limits.max_connections_per_uid {
             return Err(format!(
                 "uid {} has {mine} open connections, spawnd's max_connections_per_uid; close \
@@ -200,79 +270,110 @@ impl Daemon {
             ));
         }
         c.total += 1;
+        if user {
+            c.users += 1;
+        }
         *c.per_uid.entry(peer.uid).or_insert(0) += 1;
         Ok(Admitted {
             daemon: self.clone(),
             uid: peer.uid,
+            user,
         })
     }
 
-    async fn connection(
-        self: Arc<Self>,
-        socket: UnixSeqpacket,
-        peer: Peer,
-        role: Role,
-        _admitted: Admitted,
-    ) {
-        let socket = Arc::new(socket);
-        let limits = self.config().limits;
-        let max_in_flight = limits.max_requests_in_flight as usize;
-        let in_flight = Arc::new(Semaphore::new(max_in_flight));
-        let mut first = true;
+    /// Counts a refusal in progress, unless [`MAX_REFUSALS`] are.
+    fn refusal(self: &Arc<Self>) -> Option<Refusal> {
+        let mut c = self.connections();
+        if c.refusing >= MAX_REFUSALS {
+            return None;
+        }
+        c.refusing += 1;
+        Some(Refusal(self.clone()))
+    }
+
+    /// Reads and answers a connection's requests until the peer ends it, it stays idle for
+    /// too long, or the peer stops reading its answers. Returns (and gives its place back)
+    /// once every answer it owes has been sent.
+    async fn connection(self: Arc<Self>, conn: Arc<Conn>, _admitted: Admitted) {
+        let limits = conn.limits;
+        let mut spoke = false;
+        let mut draining = false;
+        // A peer that connects and says nothing, or stops talking, must not hold a connection
+        // for long. One timer for the connection's life, set again only when it fires (not
+        // at every request): then the connection is closed, or the timer set for the end of
+        // the idle time counted from its last packet or answer.
+        let idle = tokio::time::sleep(limits.first_request_timeout);
+        tokio::pin!(idle);
         loop {
-            let received = if first {
-                // A peer that connects and says nothing must not hold a connection for long.
-                match tokio::time::timeout(limits.first_request_timeout, recv_packet(&socket)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::info!(
-                            target: "audit",
-                            peer_uid = peer.uid,
-                            peer_pid = peer.pid,
-                            "closed a connection that sent nothing for {:?}",
-                            limits.first_request_timeout
-                        );
+            let received = tokio::select! {
+                // A request that has arrived is read even when the timer has fired too.
+                biased;
+                received = recv_packet(&conn.socket) => received,
+                () = &mut idle, if !draining => {
+                    let timeout = if spoke {
+                        limits.idle_timeout
+                    } else {
+                        limits.first_request_timeout
+                    };
+                    if let Some(later) = conn.idle_until(timeout) {
+                        idle.as_mut().reset(later);
+                    } else if conn.close_idle(spoke, timeout) {
+                        draining = true;
+                    } else {
                         break;
                     }
+                    continue;
                 }
-            } else {
-                recv_packet(&socket).await
             };
-            first = false;
+            if conn.is_shut() {
+                break;
+            }
             let packet = match received {
                 Ok(packet) => packet,
                 Err(e) => {
-                    tracing::debug!(peer_uid = peer.uid, "connection ended: {e}");
+                    tracing::debug!(peer_uid = conn.peer.uid, "connection ended: {e}");
                     break;
                 }
             };
+            if !spoke && !matches!(packet, Packet::End) {
+                spoke = true;
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + limits.idle_timeout);
+            }
             let bytes = match packet {
                 Packet::TooLarge => {
-                    let e = DecodeError::TooLarge;
-                    self.refuse_packet(&socket, &peer, role, &e).await;
+                    conn.touch();
+                    conn.refuse_packet(&DecodeError::TooLarge).await;
                     continue;
                 }
                 Packet::End => break,
                 Packet::Bytes(bytes) => bytes,
             };
+            conn.touch();
             let envelope = match decode_request(&bytes) {
                 Ok(env) => env,
                 Err(e) => {
-                    self.refuse_packet(&socket, &peer, role, &e).await;
+                    conn.refuse_packet(&e).await;
                     continue;
                 }
             };
-            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                let reply = err(
-                    ErrorKind::Busy,
-                    format!(
-                        "this connection already has {max_in_flight} requests in flight \
-                         (max_requests_in_flight); wait for answers before sending more"
-                    ),
-                );
-                send(&socket, envelope.id, &Response::Error(reply)).await;
-                continue;
+            drop(bytes);
+            let large = matches!(envelope.body, Request::Logs { .. } | Request::List { .. });
+            let slot = match conn.take(large).await {
+                Take::Slot(slot) => slot,
+                Take::Busy => {
+                    let reply = err(
+                        ErrorKind::Busy,
+                        format!(
+                            "this connection already has {} requests in flight \
+                             (max_requests_in_flight); wait for answers before sending more",
+                            limits.max_requests_in_flight
+                        ),
+                    );
+                    conn.answer(envelope.id, &Response::Error(reply)).await;
+                    continue;
+                }
+                Take::Shut => break,
             };
             let request = envelope.body;
             if matches!(
@@ -281,45 +382,20 @@ impl Daemon {
             ) {
                 // Answered from the table in microseconds: inline, without a task or a hop to
                 // another worker thread (the hub polls every server every 30 s).
-                let reply = self.handle(&peer, role, &request).await;
-                drop(permit);
-                audit(&peer, role, &request, &reply);
-                send(&socket, envelope.id, &reply.unwrap_or_else(Response::Error)).await;
+                let reply = self.handle(&conn.peer, conn.role, &request).await;
+                audit(&conn.peer, conn.role, &request, &reply);
+                conn.reply(slot, envelope.id, reply).await;
                 continue;
             }
             let me = self.clone();
-            let socket = socket.clone();
-            let peer = peer.clone();
+            let conn = conn.clone();
             tokio::spawn(async move {
-                let reply = me.handle(&peer, role, &request).await;
-                // The slot is free once the answer exists: a client that waits for answers
-                // before sending more never sees Busy.
-                drop(permit);
-                audit(&peer, role, &request, &reply);
-                send(&socket, envelope.id, &reply.unwrap_or_else(Response::Error)).await;
+                let reply = me.handle(&conn.peer, conn.role, &request).await;
+                audit(&conn.peer, conn.role, &request, &reply);
+                conn.reply(slot, envelope.id, reply).await;
             });
         }
-    }
-
-    async fn refuse_packet(
-        &self,
-        socket: &UnixSeqpacket,
-        peer: &Peer,
-        role: Role,
-        e: &DecodeError,
-    ) {
-        let kind = match e {
-            DecodeError::UnsupportedVersion { .. } => ErrorKind::Unsupported,
-            _ => ErrorKind::InvalidRequest,
-        };
-        tracing::warn!(
-            target: "audit",
-            peer_uid = peer.uid,
-            peer_pid = peer.pid,
-            %role,
-            "refused a packet: {e}"
-        );
-        send(socket, e.id(), &Response::Error(err(kind, e.to_string()))).await;
+        conn.drained().await;
     }
 
     /// Answers one request.
@@ -660,15 +736,19 @@ async fn recv_packet(socket: &UnixSeqpacket) -> std::io::Result<Packet> {
 }
 
 /// Answers the first request of a connection over a limit with `Busy` (its id when it comes
-/// within a second, else id 0), then closes it.
-async fn refuse_busy(socket: UnixSeqpacket, why: String) {
-    let id = match tokio::time::timeout(std::time::Duration::from_secs(1), recv_packet(&socket))
-        .await
-    {
+/// within [`REFUSAL_WAIT`], else id 0), then closes it.
+async fn refuse_busy(socket: UnixSeqpacket, why: String, timeout: Duration, _refusal: Refusal) {
+    let id = match tokio::time::timeout(REFUSAL_WAIT, recv_packet(&socket)).await {
         Ok(Ok(Packet::Bytes(bytes))) => spawnd_protocol::peek_header(&bytes).map_or(0, |h| h.id),
         _ => 0,
     };
-    send(&socket, id, &Response::Error(err(ErrorKind::Busy, why))).await;
+    let _ = send(
+        &socket,
+        id,
+        &Response::Error(err(ErrorKind::Busy, why)),
+        timeout,
+    )
+    .await;
 }
 
 /// Reads the peer's credentials as the kernel recorded them at connect time.
@@ -683,7 +763,18 @@ pub fn peer_of(socket: &UnixSeqpacket) -> std::io::Result<Peer> {
     })
 }
 
-async fn send(socket: &UnixSeqpacket, id: u32, response: &Response) {
+/// The peer left an answer unread for the whole send timeout.
+#[derive(Debug)]
+struct Unread;
+
+/// Sends one answer, waiting at most `timeout` for the peer to make room for it. Errors other
+/// than the timeout (the peer is gone) are only logged: there is nobody to tell.
+async fn send(
+    socket: &UnixSeqpacket,
+    id: u32,
+    response: &Response,
+    timeout: Duration,
+) -> Result<(), Unread> {
     let bytes = match encode_response(id, response) {
         Ok(b) => b,
         Err(e) => {
@@ -693,12 +784,283 @@ async fn send(socket: &UnixSeqpacket, id: u32, response: &Response) {
                 &Response::Error(err(ErrorKind::Internal, format!("response too large: {e}"))),
             ) {
                 Ok(b) => b,
-                Err(_) => return,
+                Err(_) => return Ok(()),
             }
         }
     };
-    if let Err(e) = socket.send(&bytes).await {
-        tracing::debug!("could not send a response: {e}");
+    match tokio::time::timeout(timeout, socket.send(&bytes)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!("could not send a response: {e}");
+            Ok(())
+        }
+        Err(_) => Err(Unread),
+    }
+}
+
+/// One admitted connection: its socket, who is at the other end, the limits it was admitted
+/// under, and what it has in flight.
+#[derive(Debug)]
+struct Conn {
+    socket: UnixSeqpacket,
+    peer: Peer,
+    role: Role,
+    limits: Limits,
+    flight: Mutex<Flight>,
+    /// Woken whenever a request's answer has left, and when the connection is shut.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct Flight {
+    /// Requests being answered: past `max_requests_in_flight` a request is answered `Busy`.
+    requests: u32,
+    /// Answers waiting to be sent. With `requests` never more than `max_requests_in_flight`:
+    /// while the peer leaves that many unread, its next request waits.
+    unsent: u32,
+    /// Requests and answers of both kinds whose answers may fill a packet.
+    large: u32,
+    /// When the connection last received a packet or sent the last answer it owed.
+    last: tokio::time::Instant,
+    /// Shut down because the peer does not read its answers: nothing more is read or sent.
+    shut: bool,
+}
+
+/// What a request gets from its connection's limits.
+enum Take {
+    Slot(Slot),
+    /// `max_requests_in_flight` requests are being answered.
+    Busy,
+    /// The connection was shut down meanwhile.
+    Shut,
+}
+
+/// A request's place in its connection's limits, given back when dropped: after its answer
+/// has been sent (or could not be).
+struct Slot {
+    conn: Arc<Conn>,
+    large: bool,
+    /// Its answer exists: it counts as unsent, no longer as being answered.
+    answered: bool,
+}
+
+impl Slot {
+    /// The answer exists. From now on the request no longer makes others `Busy` (a client that
+    /// waits for an answer before sending more never sees `Busy`), but its answer still counts
+    /// until sent.
+    fn answered(&mut self) {
+        let mut f = self.conn.flight();
+        f.requests -= 1;
+        f.unsent += 1;
+        self.answered = true;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut f = self.conn.flight();
+            if self.answered {
+                f.unsent -= 1;
+            } else {
+                f.requests -= 1;
+            }
+            if self.large {
+                f.large -= 1;
+            }
+            f.last = tokio::time::Instant::now();
+        }
+        self.conn.changed.notify_waiters();
+    }
+}
+
+impl Conn {
+    fn new(socket: UnixSeqpacket, peer: Peer, role: Role, limits: Limits) -> Conn {
+        Conn {
+            socket,
+            peer,
+            role,
+            limits,
+            flight: Mutex::new(Flight {
+                requests: 0,
+                unsent: 0,
+                large: 0,
+                last: tokio::time::Instant::now(),
+                shut: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn flight(&self) -> MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `check` gives a value, checking again whenever something changes.
+    async fn wait_for<T>(&self, mut check: impl FnMut(&mut Flight) -> Option<T>) -> T {
+        if let Some(v) = check(&mut self.flight()) {
+            return v;
+        }
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before checking: a change between the check and the wait is seen.
+            changed.as_mut().enable();
+            if let Some(v) = check(&mut self.flight()) {
+                return v;
+            }
+            changed.await;
+        }
+    }
+
+    /// A packet arrived.
+    fn touch(&self) {
+        self.flight().last = tokio::time::Instant::now();
+    }
+
+    fn is_shut(&self) -> bool {
+        self.flight().shut
+    }
+
+    /// A place for one more request: `Busy` when `max_requests_in_flight` are being
+    /// answered; else at once, or once answers the peer has not read yet have been sent (as
+    /// many as the limit, or [`MAX_LARGE_IN_FLIGHT`] large ones when this one is large).
+    async fn take(self: &Arc<Self>, large: bool) -> Take {
+        let max = self.limits.max_requests_in_flight;
+        let taken = self
+            .wait_for(|f| {
+                if f.shut {
+                    Some(Err(Take::Shut))
+                } else if f.requests >= max {
+                    Some(Err(Take::Busy))
+                } else if f.requests + f.unsent >= max || large && f.large >= MAX_LARGE_IN_FLIGHT {
+                    None
+                } else {
+                    f.requests += 1;
+                    if large {
+                        f.large += 1;
+                    }
+                    Some(Ok(()))
+                }
+            })
+            .await;
+        match taken {
+            Ok(()) => Take::Slot(Slot {
+                conn: self.clone(),
+                large,
+                answered: false,
+            }),
+            Err(t) => t,
+        }
+    }
+
+    /// `None` when nothing has been in flight and nothing received for `timeout`; else when
+    /// to ask again: `timeout` after the last packet or answer, or from now while a request is
+    /// in flight (its answer counts as activity when it leaves).
+    fn idle_until(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        let f = self.flight();
+        let now = tokio::time::Instant::now();
+        if f.requests > 0 || f.unsent > 0 {
+            Some(now + timeout)
+        } else {
+            (f.last + timeout > now).then_some(f.last + timeout)
+        }
+    }
+
+    /// Every answer owed has been sent, or could not be.
+    async fn drained(&self) {
+        self.wait_for(|f| (f.requests == 0 && f.unsent == 0).then_some(()))
+            .await;
+    }
+
+    /// Stops reading an idle connection. Requests that arrived before are still read and
+    /// answered, then the connection ends; from now on the peer's sends fail (EPIPE), so a
+    /// client knows for certain that a request it could not send was not received, and may
+    /// send it again on a new connection. False when the connection cannot be shut down for
+    /// reading (it is gone already): then it is simply dropped.
+    fn close_idle(&self, spoke: bool, timeout: Duration) -> bool {
+        let (key, what) = if spoke {
+            ("idle_timeout", "an idle connection")
+        } else {
+            ("first_request_timeout", "a connection that sent nothing")
+        };
+        tracing::info!(
+            target: "audit",
+            peer_uid = self.peer.uid,
+            peer_pid = self.peer.pid,
+            role = %self.role,
+            "closed {what}: no request for {timeout:?} ({key})"
+        );
+        match self.socket.shutdown(std::net::Shutdown::Read) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(peer_uid = self.peer.uid, "shutting down a connection: {e}");
+                false
+            }
+        }
+    }
+
+    /// Sends the answer to a request, whose place is given back once it has left.
+    async fn reply(&self, mut slot: Slot, id: u32, reply: Reply) {
+        slot.answered();
+        self.answer(id, &reply.unwrap_or_else(Response::Error))
+            .await;
+    }
+
+    /// Sends one answer within `send_timeout`; shuts the connection down if the peer does not
+    /// make room for it in that time.
+    async fn answer(&self, id: u32, response: &Response) {
+        if self.is_shut() {
+            return;
+        }
+        if send(&self.socket, id, response, self.limits.send_timeout)
+            .await
+            .is_err()
+        {
+            self.shut_unread();
+        }
+    }
+
+    /// The peer does not read its answers: stop reading and sending, so that it cannot make the
+    /// daemon hold more of them.
+    fn shut_unread(&self) {
+        {
+            let mut f = self.flight();
+            if f.shut {
+                return;
+            }
+            f.shut = true;
+        }
+        tracing::warn!(
+            target: "audit",
+            peer_uid = self.peer.uid,
+            peer_pid = self.peer.pid,
+            role = %self.role,
+            "closed a connection: the peer does not read its answers (one waited {:?}, \
+             send_timeout)",
+            self.limits.send_timeout
+        );
+        if let Err(e) = self.socket.shutdown(std::net::Shutdown::Both) {
+            tracing::debug!(peer_uid = self.peer.uid, "shutting down a connection: {e}");
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Answers a packet that is not a valid request.
+    async fn refuse_packet(&self, e: &DecodeError) {
+        let kind = match e {
+            DecodeError::UnsupportedVersion { .. } => ErrorKind::Unsupported,
+            _ => ErrorKind::InvalidRequest,
+        };
+        tracing::warn!(
+            target: "audit",
+            peer_uid = self.peer.uid,
+            peer_pid = self.peer.pid,
+            role = %self.role,
+            "refused a packet: {e}"
+        );
+        self.answer(e.id(), &Response::Error(err(kind, e.to_string())))
+            .await;
     }
 }
 

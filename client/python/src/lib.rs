@@ -2,18 +2,21 @@
 //!
 //! Every call returns an awaitable that runs on a tokio runtime owned by this module, so the
 //! hub's event loop is never blocked. One connection is shared by all calls of a [`Client`]; it
-//! is opened on first use and again after the daemon went away. Daemon errors become
+//! is opened on first use and again after the daemon closed it (it closes idle connections, and
+//! all of them when it restarts), and a request the daemon had not received before closing is
+//! sent again on the new one (see `spawnd_client::ReconnectingClient`). Daemon errors become
 //! `SpawndError(kind, message)`; a daemon that cannot be reached becomes `DaemonUnreachable`
 //! (a subclass), which says nothing about the servers: they outlive the daemon.
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use spawnd_client::ClientError;
+use spawnd_client::{ClientError, ReconnectingClient};
 use spawnd_protocol::{
     ExitStatus, Polled as WirePolled, ServerId, ServerInfo as WireInfo, ServerState, StartRequest,
 };
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +30,6 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 fn _calls_made() -> u64 {
     CALLS.load(Ordering::Relaxed)
 }
-use tokio::sync::Mutex;
 
 create_exception!(
     _native,
@@ -181,24 +183,19 @@ pub struct Status {
 
 #[derive(Debug)]
 struct Shared {
-    socket: PathBuf,
-    connect_timeout: Duration,
-    conn: Mutex<Option<spawnd_client::Client>>,
+    spawnd: ReconnectingClient,
 }
 
 impl Shared {
-    /// The open connection, or a new one.
-    async fn client(&self) -> PyResult<spawnd_client::Client> {
+    /// Runs `call` on the open connection (or a new one), once more on a new one if the daemon
+    /// had closed the first before receiving the request.
+    async fn call<T, F, Fut>(&self, call: F) -> PyResult<T>
+    where
+        F: Fn(spawnd_client::Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
         CALLS.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.lock().await;
-        if let Some(c) = conn.as_ref().filter(|c| c.is_open()) {
-            return Ok(c.clone());
-        }
-        let c = spawnd_client::Client::connect_timeout(&self.socket, self.connect_timeout)
-            .await
-            .map_err(to_py)?;
-        *conn = Some(c.clone());
-        Ok(c)
+        self.spawnd.call(call).await.map_err(to_py)
     }
 }
 
@@ -221,9 +218,7 @@ impl Client {
         }
         Ok(Client {
             shared: Arc::new(Shared {
-                socket,
-                connect_timeout: Duration::from_secs_f64(connect_timeout),
-                conn: Mutex::new(None),
+                spawnd: ReconnectingClient::new(socket, Duration::from_secs_f64(connect_timeout)),
             }),
         })
     }
@@ -231,7 +226,7 @@ impl Client {
     /// The socket path this client talks to.
     #[getter]
     fn socket(&self) -> String {
-        self.shared.socket.to_string_lossy().into_owned()
+        self.shared.spawnd.socket().to_string_lossy().into_owned()
     }
 
     /// Starts a server; resolves to `Started` once its program has been executed.
@@ -248,20 +243,22 @@ impl Client {
         port: Option<u16>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        let request = StartRequest {
+            server: ServerId::new(user, server),
+            profile,
+            args,
+            env,
+            port,
+        };
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?;
-            let mut env: Vec<(String, String)> = env.into_iter().collect();
-            env.sort();
-            let s = client
-                .start(StartRequest {
-                    server: ServerId::new(user, server),
-                    profile,
-                    args,
-                    env,
-                    port,
+            let s = shared
+                .call(|c| {
+                    let request = request.clone();
+                    async move { c.start(request).await }
                 })
-                .await
-                .map_err(to_py)?;
+                .await?;
             Ok(Started {
                 instance: s.instance,
                 pid: s.pid,
@@ -282,11 +279,13 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?;
-            let p = client
-                .poll(&ServerId::new(user, server), instance)
-                .await
-                .map_err(to_py)?;
+            let id = ServerId::new(user, server);
+            let p = shared
+                .call(|c| {
+                    let id = id.clone();
+                    async move { c.poll(&id, instance).await }
+                })
+                .await?;
             Ok(Polled::from(p))
         })
     }
@@ -304,11 +303,13 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?;
-            let (instance, exit) = client
-                .stop(&ServerId::new(user, server), instance, now)
-                .await
-                .map_err(to_py)?;
+            let id = ServerId::new(user, server);
+            let (instance, exit) = shared
+                .call(|c| {
+                    let id = id.clone();
+                    async move { c.stop(&id, instance, now).await }
+                })
+                .await?;
             Ok(Stopped {
                 instance,
                 exit_code: exit.as_poll_code(),
@@ -329,11 +330,13 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?;
-            client
-                .signal(&ServerId::new(user, server), instance, signal)
-                .await
-                .map_err(to_py)?;
+            let id = ServerId::new(user, server);
+            shared
+                .call(|c| {
+                    let id = id.clone();
+                    async move { c.signal(&id, instance, signal).await }
+                })
+                .await?;
             Ok(())
         })
     }
@@ -342,8 +345,7 @@ impl Client {
     fn list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?;
-            let all = client.list().await.map_err(to_py)?;
+            let all = shared.call(|c| async move { c.list().await }).await?;
             Ok(all.into_iter().map(ServerInfo::from).collect::<Vec<_>>())
         })
     }
@@ -359,11 +361,13 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?;
-            let t = client
-                .logs(&ServerId::new(user, server), lines)
-                .await
-                .map_err(to_py)?;
+            let id = ServerId::new(user, server);
+            let t = shared
+                .call(|c| {
+                    let id = id.clone();
+                    async move { c.logs(&id, lines).await }
+                })
+                .await?;
             Ok(LogTail {
                 path: t.path,
                 lines: t.lines,
@@ -376,8 +380,7 @@ impl Client {
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?;
-            let s = client.status().await.map_err(to_py)?;
+            let s = shared.call(|c| async move { c.status().await }).await?;
             Ok(Status {
                 version: s.version,
                 protocol: s.protocol,
@@ -393,7 +396,7 @@ impl Client {
     }
 
     fn __repr__(&self) -> String {
-        format!("spawnd._native.Client({:?})", self.shared.socket)
+        format!("spawnd._native.Client({:?})", self.shared.spawnd.socket())
     }
 }
 

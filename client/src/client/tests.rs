@@ -155,9 +155,35 @@ async fn disconnect_fails_pending_and_later_calls() {
     assert_eq!(err.kind(), None);
     // Wait for the reader to notice (it already has: the pending call was failed by it).
     assert!(!client.is_open());
+    // Later calls are not sent at all, and say so.
     let err = client.status().await.unwrap_err();
-    assert!(matches!(err, ClientError::Disconnected), "{err:?}");
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
+    assert!(err.is_daemon_unreachable());
+    assert!(err.to_string().contains("not sent"), "{err}");
     assert!(err.to_string().contains("connect again"), "{err}");
+}
+
+/// The daemon closes an idle connection by shutting down its reading first, then answering what
+/// had arrived, then closing. A request sent after that fails at once as not sent (`Closed`),
+/// while one sent before is still answered.
+#[tokio::test]
+async fn a_request_the_daemon_no_longer_reads_is_not_sent_and_earlier_ones_are_answered() {
+    let (client, peer) = pair();
+    let before = tokio::spawn({
+        let client = client.clone();
+        async move { client.poll(&alice(), Some(1)).await }
+    });
+    let request = peer.recv().await;
+    peer.sock.shutdown(std::net::Shutdown::Read).unwrap();
+    let err = client.status().await.unwrap_err();
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
+    assert!(!client.is_open());
+    // The request that arrived before is answered on the same connection.
+    peer.reply(request.id, &polled(1)).await;
+    assert_eq!(before.await.unwrap().unwrap().instance, 1);
+    drop(peer);
+    let err = client.status().await.unwrap_err();
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
 }
 
 #[tokio::test]
@@ -284,7 +310,7 @@ async fn unreadable_packet_fails_every_call_and_closes() {
     }
     assert!(!client.is_open());
     let err = client.status().await.unwrap_err();
-    assert!(matches!(err, ClientError::Disconnected), "{err:?}");
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
     // The client shut the connection down: the peer sees the end.
     let mut buf = [0u8; 16];
     assert_eq!(peer.sock.recv(&mut buf).await.unwrap().bytes_read(), 0);
@@ -389,10 +415,7 @@ fn ids_wrap_and_skip_zero_and_ids_in_use() {
     assert_eq!(shared.register(tx).unwrap(), 2);
     shared.close(&Failure::Disconnected);
     let (tx, _rx3) = oneshot::channel();
-    assert!(matches!(
-        shared.register(tx),
-        Err(ClientError::Disconnected)
-    ));
+    assert!(matches!(shared.register(tx), Err(ClientError::Closed)));
 }
 
 fn info(user: &str) -> ServerInfo {

@@ -187,6 +187,84 @@ fn on_shutdown_keywords() {
 }
 
 #[test]
+fn connection_limits() {
+    assert_eq!(parse(BASE).unwrap().limits, Limits::default());
+    let l = parse(&with_top(
+        "self_service = true\nmax_connections = 500\nmax_connections_per_uid = 200\n\
+         max_user_connections = 100\nmax_user_connections_per_uid = 2\n\
+         max_requests_in_flight = 8\nfirst_request_timeout = 2\nidle_timeout = 60\n\
+         send_timeout = 2.5",
+    ))
+    .unwrap()
+    .limits;
+    assert_eq!(
+        l,
+        Limits {
+            max_connections: 500,
+            max_connections_per_uid: 200,
+            max_user_connections: 100,
+            max_user_connections_per_uid: 2,
+            max_requests_in_flight: 8,
+            first_request_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_millis(2500),
+        }
+    );
+    for key in [
+        "max_user_connections",
+        "max_user_connections_per_uid",
+        "max_connections",
+    ] {
+        assert_problem(&with_top(&format!("{key} = 0")), key, "out of range");
+    }
+    for key in ["idle_timeout", "send_timeout"] {
+        assert_problem(
+            &with_top(&format!("{key} = 0")),
+            key,
+            "must be more than 0 seconds",
+        );
+        assert_problem(&with_top(&format!("{key} = -1")), key, "out of range");
+    }
+}
+
+/// Self-service users can never hold every connection, nor can one uid (the hub) hold all the
+/// users leave: an admin can always connect.
+#[test]
+fn connection_limits_keep_a_reserve_for_the_hub_and_admins() {
+    let users = "self_service = true\n";
+    assert_problem(
+        &with_top(&format!("{users}max_connections = 64")),
+        "max_user_connections",
+        "would let self-service users take every connection (max_connections is 64)",
+    );
+    assert_problem(
+        &with_top(&format!(
+            "{users}max_connections = 1000\nmax_connections_per_uid = 936"
+        )),
+        "max_connections_per_uid",
+        "use less than 936, so that an admin can always connect",
+    );
+    assert!(
+        parse(&with_top(&format!(
+            "{users}max_connections = 1000\nmax_connections_per_uid = 935"
+        )))
+        .is_ok()
+    );
+    // Without self-service there are no user connections to reserve against.
+    assert!(
+        parse(&with_top(
+            "max_connections = 64\nmax_connections_per_uid = 63"
+        ))
+        .is_ok()
+    );
+    assert_problem(
+        &with_top("max_connections = 500"),
+        "max_connections_per_uid",
+        "1024 would let one uid (the hub) take every connection (max_connections 500)",
+    );
+}
+
+#[test]
 fn syntax_error_is_one_problem_with_position() {
     let text = "hub_user = \"daemon\"\ngroup = = \"nogroup\"\n";
     let found = problems(text);
