@@ -145,8 +145,14 @@ async fn start_and_stop(hub: &Client, user: &TestUser, attack: &Attack, marker: 
         .await
         .unwrap_or_else(|e| panic!("start {id}: {e}"));
     let path = attack.markers.join(marker);
-    wait_for(Duration::from_secs(5), || path.exists().then_some(()))
-        .unwrap_or_else(|| panic!("{} never appeared", path.display()));
+    // The shell creates the file before `id -u` has written to it: wait for its line.
+    wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+            .map(drop)
+    })
+    .unwrap_or_else(|| panic!("{} never got its line", path.display()));
     hub.stop(&id, None, true)
         .await
         .unwrap_or_else(|e| panic!("stop {id}: {e}"));

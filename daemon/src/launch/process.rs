@@ -329,6 +329,9 @@ impl Launcher {
             self.start(len, reply.as_fd(), &rest)
         };
         clear(&mut self.packet[..len]);
+        // The log and the cgroup directory are the child's now (or of no use): close them
+        // before answering, so that the daemon never sees them open after the launch.
+        drop(rest);
         match outcome {
             Ok(child) => self.flights.push(Flight { reply, child }),
             Err(outcome) => {
