@@ -177,3 +177,21 @@ pub fn zombie_children(parent: u32) -> Vec<u32> {
         .filter(|&p| ppid(p) == Some(parent) && state(p) == Some('Z'))
         .collect()
 }
+
+/// Whether two processes share their memory (kcmp KCMP_VM; needs root).
+pub fn same_memory(a: u32, b: u32) -> bool {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp compares kernel objects of two pids; no memory of ours is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a as libc::pid_t,
+            b as libc::pid_t,
+            KCMP_VM,
+            0,
+            0,
+        )
+    };
+    assert!(r >= 0, "kcmp: {}", std::io::Error::last_os_error());
+    r == 0
+}

@@ -98,24 +98,6 @@ fn wait_stopped_child(log: &Path) -> u32 {
     .expect("the paused child did not stop within 10 s")
 }
 
-/// Whether two processes share their memory (kcmp KCMP_VM).
-fn same_memory(a: u32, b: u32) -> bool {
-    const KCMP_VM: libc::c_long = 1;
-    // SAFETY: kcmp compares kernel objects of two pids; no memory of ours is passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            a as libc::pid_t,
-            b as libc::pid_t,
-            KCMP_VM,
-            0,
-            0,
-        )
-    };
-    assert!(r >= 0, "kcmp: {}", std::io::Error::last_os_error());
-    r == 0
-}
-
 /// Whether `needle` appears in the readable memory of `pid`.
 fn memory_contains(pid: u32, needle: &[u8]) -> bool {
     use std::io::{Read, Seek, SeekFrom};
@@ -215,11 +197,11 @@ fn a_child_that_became_the_user_holds_nothing_but_its_own_launch() {
     // Its memory is its own: not the daemon's (this test process plays the daemon), not the
     // launcher's.
     assert!(
-        !same_memory(child, std::process::id()),
+        !procfs::same_memory(child, std::process::id()),
         "shares the daemon's memory"
     );
     assert!(
-        !same_memory(child, launcher_pid),
+        !procfs::same_memory(child, launcher_pid),
         "shares the launcher's memory"
     );
     // It holds its own token, never the other user's; the launcher holds neither any more.

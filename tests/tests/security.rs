@@ -78,24 +78,6 @@ impl Drop for Frozen {
     }
 }
 
-/// Whether two processes share their memory (kcmp KCMP_VM).
-fn same_memory(a: u32, b: u32) -> bool {
-    const KCMP_VM: libc::c_long = 1;
-    // SAFETY: kcmp compares kernel objects of two pids; no memory of ours is passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            a as libc::pid_t,
-            b as libc::pid_t,
-            KCMP_VM,
-            0,
-            0,
-        )
-    };
-    assert!(r >= 0, "kcmp: {}", std::io::Error::last_os_error());
-    r == 0
-}
-
 fn start_in_background(
     hub: &Client,
     req: StartRequest,
@@ -138,7 +120,7 @@ async fn a_new_server_process_never_shares_the_daemons_memory() {
     let pending = start_in_background(&hub, start_req(&u.a.name, "", ""));
     let child = frozen.wait_for_process();
     assert!(
-        !same_memory(child, d.pid()),
+        !procfs::same_memory(child, d.pid()),
         "the new server process shares the daemon's memory"
     );
     frozen.thaw();

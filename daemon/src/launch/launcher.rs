@@ -4,12 +4,9 @@
 use super::process::{self, READY};
 use super::wire::{self, Bytes, Method, Outcome, Reply, Request};
 use super::{LaunchError, LaunchSpec, Launched, Step};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -202,7 +199,7 @@ impl Launcher {
             let (g, channel, pidfd) = self.channel(user)?;
             generation = g;
             launcher_pidfd = Some(pidfd);
-            match send(channel.as_fd(), &packet, &fds) {
+            match wire::send(channel.as_fd(), &packet, &fds) {
                 Ok(()) => break,
                 Err(e) if attempt == 0 && is_disconnected(&e) => {
                     self.failed(generation, &format!("has closed its channel ({e})"));
@@ -610,67 +607,22 @@ fn is_disconnected(e: &io::Error) -> bool {
     )
 }
 
-fn send(channel: BorrowedFd<'_>, packet: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let cmsgs = [ControlMessage::ScmRights(fds)];
-    loop {
-        match sendmsg::<()>(
-            channel.as_raw_fd(),
-            &[IoSlice::new(packet)],
-            &cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(errno_io(e)),
-        }
-    }
-}
-
 /// Receives one reply and the descriptor it carries; `None` at end of file.
 fn recv(reply: BorrowedFd<'_>) -> io::Result<Option<(Reply, Option<OwnedFd>)>> {
     let mut buf = [0u8; wire::MAX_REPLY];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = loop {
-        match recvmsg::<()>(
-            reply.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other.map_err(errno_io)?,
-        }
-    };
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().into_iter().flatten() {
-        if let ControlMessageOwned::ScmRights(received) = c {
-            // SAFETY: the kernel just installed these descriptors for us.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    let (bytes, truncated) = (
-        msg.bytes,
-        msg.flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
-    );
-    if bytes == 0 && fds.is_empty() {
+    let mut received = wire::recv::<1>(reply, &mut buf)?;
+    if received.is_end() {
         return Ok(None);
     }
-    if truncated || fds.len() > 1 {
+    if received.truncated || received.fds.len() > 1 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "an oversized answer",
         ));
     }
-    let reply = wire::decode_reply(&buf[..bytes])
+    let reply = wire::decode_reply(&buf[..received.len])
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(Some((reply, fds.pop())))
+    Ok(Some((reply, received.fds.pop())))
 }
 
 /// Logs the way servers are created the first time it is used (and whenever it changes).

@@ -18,9 +18,8 @@
 
 use super::child::{self, ChildSpec, EXEC_MARKER, RECORD};
 use super::wire::{self, Method, Outcome, Reply, Request};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use std::ffi::c_char;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -71,10 +70,6 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> LauncherError {
     move |source| LauncherError::Io { what, source }
 }
 
-fn errno_io(e: nix::errno::Errno) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 /// The launcher's main loop: serves requests until the daemon closes the channel.
 pub fn run() -> Result<(), LauncherError> {
     // SAFETY: fstat on a descriptor number; no memory is shared.
@@ -91,7 +86,7 @@ pub fn run() -> Result<(), LauncherError> {
     // SAFETY: prctl(PR_SET_NAME) with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"spawnd-launcher".as_ptr()) };
     crate::privileges::reduce(&crate::privileges::LAUNCHER)?;
-    send_all(channel.as_fd(), &[READY], None).map_err(io_err("announcing readiness"))?;
+    wire::send(channel.as_fd(), &[READY], &[]).map_err(io_err("announcing readiness"))?;
     Launcher::new(channel).serve()
 }
 
@@ -275,41 +270,14 @@ impl Launcher {
 
     /// Receives and handles one request; false at end of file.
     fn receive(&mut self) -> Result<bool, LauncherError> {
-        let mut cmsg = nix::cmsg_space!([RawFd; wire::MAX_REQUEST_FDS]);
-        let (len, fds, truncated) = {
-            let mut iov = [IoSliceMut::new(&mut self.packet)];
-            let msg = loop {
-                match recvmsg::<()>(
-                    self.channel.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut cmsg),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    other => {
-                        break other.map_err(|e| LauncherError::Io {
-                            what: "receiving a request",
-                            source: errno_io(e),
-                        })?;
-                    }
-                }
-            };
-            let mut fds = Vec::new();
-            for c in msg.cmsgs().into_iter().flatten() {
-                if let ControlMessageOwned::ScmRights(received) = c {
-                    // SAFETY: the kernel just installed these descriptors for us.
-                    fds.extend(
-                        received
-                            .into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-            let truncated = msg
-                .flags
-                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-            (msg.bytes, fds, truncated)
-        };
+        let received =
+            wire::recv::<{ wire::MAX_REQUEST_FDS }>(self.channel.as_fd(), &mut self.packet)
+                .map_err(io_err("receiving a request"))?;
+        let wire::Received {
+            len,
+            fds,
+            truncated,
+        } = received;
         if len == 0 && fds.is_empty() {
             return Ok(false);
         }
@@ -531,32 +499,6 @@ fn spawn(
 fn send_reply(socket: BorrowedFd<'_>, reply: Reply, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
     let mut buf = [0u8; wire::MAX_REPLY];
     let bytes = postcard::to_slice(&reply, &mut buf).map_err(io::Error::other)?;
-    send_all(socket, bytes, fd)
-}
-
-/// Sends one packet (with a descriptor), never raising SIGPIPE.
-pub(super) fn send_all(
-    socket: BorrowedFd<'_>,
-    bytes: &[u8],
-    fd: Option<BorrowedFd<'_>>,
-) -> io::Result<()> {
-    let raw = fd.map(|f| [f.as_raw_fd()]);
-    let cmsgs: Vec<ControlMessage<'_>> = raw
-        .as_ref()
-        .map(|r| ControlMessage::ScmRights(r))
-        .into_iter()
-        .collect();
-    loop {
-        match sendmsg::<()>(
-            socket.as_raw_fd(),
-            &[IoSlice::new(bytes)],
-            &cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(errno_io(e)),
-        }
-    }
+    let fds: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
+    wire::send(socket, bytes, &fds)
 }

@@ -13,10 +13,14 @@
 //! hands the child pointers into the packet it received: it copies no request data to its heap,
 //! and clears the packet once the child has been created (see [`super::process`]).
 
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::ffi::CStr;
 use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The largest request the launcher accepts. AF_UNIX refuses a packet larger than the
 /// sender's socket buffer (`net.core.wmem_default`, 208 KiB by default), and a hub's start
@@ -168,6 +172,76 @@ pub fn decode_reply(packet: &[u8]) -> Result<Reply, DecodeError> {
         return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(reply)
+}
+
+/// Sends one packet with descriptors (SCM_RIGHTS), never raising SIGPIPE.
+pub fn send(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+        }
+    }
+}
+
+/// One received packet: its length in the buffer, the descriptors it carried (close-on-exec,
+/// owned), and whether the packet or its descriptors were cut short.
+#[derive(Debug)]
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+    pub truncated: bool,
+}
+
+impl Received {
+    /// End of file: the other end is closed.
+    pub fn is_end(&self) -> bool {
+        self.len == 0 && self.fds.is_empty()
+    }
+}
+
+/// Receives one packet into `buf`, with at most `MAX_FDS` descriptors.
+pub fn recv<const MAX_FDS: usize>(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => break other.map_err(|e| io::Error::from_raw_os_error(e as i32))?,
+        }
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel has just installed these descriptors for this process.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+        truncated: msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
+    })
 }
 
 #[cfg(test)]
