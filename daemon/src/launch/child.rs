@@ -7,12 +7,14 @@
 //! 1. signal dispositions reset and the mask cleared;
 //! 2. where it was not created inside its cgroup, it enters it (`cgroup.procs`);
 //! 3. **while still root**, its descriptors become exactly: 0 `/dev/null`, 1 and 2 the log,
-//!    3 the report pipe (close-on-exec); every other one (the launcher's channel, other
-//!    launches' pipes and pidfds, the cgroup directory) is closed;
-//! 4. `setsid`, the profile's resource limits, `setgroups`, `setresgid`, `setresuid`, a check
+//!    3 the report pipe (close-on-exec), 4 the hand-over pipe; every other one (the launcher's
+//!    channel, other launches' pipes and pidfds, the cgroup directory) is closed;
+//! 4. it waits for the launcher's byte on the hand-over pipe, sent once the daemon has its
+//!    pidfd (end of file instead: the launcher is gone, and it exits), then closes that pipe;
+//! 5. `setsid`, the profile's resource limits, `setgroups`, `setresgid`, `setresuid`, a check
 //!    that uid 0 cannot be regained, a session keyring of its own, `chdir` to the home
 //!    directory (as the user), `umask`, the server's open-file limit;
-//! 5. a marker on the report pipe, then `execve`.
+//! 6. a marker on the report pipe, then `execve`.
 //!
 //! So from the moment it belongs to the user, the process holds nothing but its own launch: its
 //! memory is a copy of the launcher's, which holds no request but this one, and its descriptors
@@ -32,6 +34,8 @@ const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
 /// The descriptor the report pipe is moved to.
 pub(super) const REPORT_FD: RawFd = 3;
+/// The descriptor the hand-over pipe is moved to.
+const GO_FD: RawFd = 4;
 
 /// What the report pipe carries: records of [`RECORD`] bytes.
 pub(super) const RECORD: usize = 5;
@@ -59,6 +63,8 @@ pub(super) struct ChildSpec<'a> {
     pub log: RawFd,
     /// The write end of the report pipe. Above [`REPORT_FD`].
     pub report: RawFd,
+    /// The read end of the hand-over pipe. Above [`REPORT_FD`].
+    pub go: RawFd,
     pub pause_before_exec: bool,
 }
 
@@ -114,20 +120,35 @@ pub(super) unsafe fn setup(spec: &ChildSpec<'_>, cgroup_procs: Option<RawFd>) ->
             check!(Step::Cgroup, libc::write(procs, b"0".as_ptr().cast(), 1));
         }
         // The descriptors, while still root: nothing but its own survives into the user's hands.
-        check!(
-            Step::Stdio,
-            libc::syscall(libc::SYS_dup3, report, REPORT_FD, libc::O_CLOEXEC)
-        );
-        report = REPORT_FD;
+        // The standard streams first (0 to 2 are the launcher's own, never one of the
+        // launch's), then the pipes onto 3 (the launcher's channel) and 4: whatever 4 held
+        // has been copied by then.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
         check!(Step::Stdio, null);
         check!(Step::Stdio, libc::dup2(null, 0));
         check!(Step::Stdio, libc::dup2(spec.log, 1));
         check!(Step::Stdio, libc::dup2(spec.log, 2));
+        check!(Step::Stdio, move_to(report, REPORT_FD));
+        report = REPORT_FD;
+        check!(Step::Stdio, move_to(spec.go, GO_FD));
         check!(
             Step::Stdio,
-            libc::syscall(libc::SYS_close_range, REPORT_FD as u32 + 1, u32::MAX, 0u32)
+            libc::syscall(libc::SYS_close_range, GO_FD as u32 + 1, u32::MAX, 0u32)
         );
+        let mut go = 0u8;
+        loop {
+            let n = libc::read(GO_FD, (&raw mut go).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            let errno = *libc::__errno_location();
+            if n < 0 && errno == libc::EINTR {
+                continue;
+            }
+            // The launcher is gone before the daemon knew of this process: it must not run.
+            libc::_exit(126);
+        }
+        libc::close(GO_FD);
         check!(Step::Setsid, libc::setsid());
         // The profile's limits, before the identity changes (as PAM's limits.conf would be):
         // setresuid then checks RLIMIT_NPROC against the user's processes, and exec fails
@@ -191,6 +212,19 @@ pub(super) unsafe fn setup(spec: &ChildSpec<'_>, cgroup_procs: Option<RawFd>) ->
             spec.envp.as_ptr(),
         );
         fail(report, Step::Exec, *libc::__errno_location());
+    }
+}
+
+/// Puts `fd` at `target`, close-on-exec (where it already is, it is only marked so).
+/// Async-signal-safe; returns what the system call did (negative: failed, errno set).
+unsafe fn move_to(fd: RawFd, target: RawFd) -> libc::c_long {
+    // SAFETY: fcntl and dup3 on descriptor numbers; no memory is involved.
+    unsafe {
+        if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) as libc::c_long
+        } else {
+            libc::syscall(libc::SYS_dup3, fd, target, libc::O_CLOEXEC)
+        }
     }
 }
 

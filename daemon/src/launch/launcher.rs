@@ -214,12 +214,21 @@ impl Launcher {
                         ),
                     });
                 }
-                Err(e) => {
-                    self.failed(generation, &format!("could not be sent a launch ({e})"));
+                Err(e) if is_disconnected(&e) => {
+                    self.failed(generation, &format!("has closed its channel ({e})"));
                     return Err(LaunchError::Launcher {
                         user: user.clone(),
                         why: format!("could not be sent the request ({e})"),
                     });
+                }
+                // This request's own trouble (EMSGSIZE where net.core.wmem_default is small,
+                // ENOBUFS): the launcher and the other launches are fine.
+                Err(e) => {
+                    return Err(parent(
+                        "sending the launch to the launcher (at most net.core.wmem_default \
+                         bytes of arguments and environment)",
+                        e,
+                    ));
                 }
             }
         }
@@ -477,10 +486,22 @@ fn abandon(child: Option<(i32, OwnedFd)>) {
     }
 }
 
-/// Reaps a child that has exited or is about to (it reported a failure, or died).
+/// Reaps a child that did not become a server (it reported a failure, or died): the launcher
+/// answers only once the child is gone, but it is killed first all the same (it has nothing
+/// left to do), and reaped on a thread of its own unless it is a zombie already, so that no
+/// child can hold the daemon's thread. Returns how it ended when that is known at once.
 fn reap(child: Option<(i32, OwnedFd)>) -> Option<crate::sys::Reaped> {
     let (_, pidfd) = child?;
-    crate::sys::waitid_pidfd_blocking(pidfd.as_fd()).ok()
+    let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+    // Its descriptors close a moment before it becomes a zombie.
+    readable(pidfd.as_fd(), Duration::from_secs(1));
+    match crate::sys::waitid_pidfd(pidfd.as_fd()) {
+        Ok(Some(reaped)) => Some(reaped),
+        _ => {
+            reap_in_background(pidfd);
+            None
+        }
+    }
 }
 
 /// Reaps a killed child on a thread of its own: one in uninterruptible sleep (a hung file

@@ -136,13 +136,18 @@ enum Read {
 impl Child {
     /// Reads what the child wrote; at end of file, how the launch ended.
     fn read(&mut self) -> Read {
+        // Only end of file ends a launch: the child may still be alive after its last record
+        // (stopped between a failed exec's report and its exit), and it stays under the
+        // deadline until it is gone.
+        let mut scratch = [0u8; RECORD];
         loop {
-            let space = &mut self.records[self.got..];
-            if space.is_empty() {
-                // More than the child ever writes: treat like a failed exec report.
-                return Read::Finished(self.outcome());
-            }
-            // SAFETY: reads into the unused part of our own buffer.
+            let space: &mut [u8] = if self.got < self.records.len() {
+                &mut self.records[self.got..]
+            } else {
+                // More than the child ever writes: keep the first records, drain the rest.
+                &mut scratch
+            };
+            // SAFETY: reads into a buffer of ours, for its length.
             let n = unsafe {
                 libc::read(
                     self.report.as_raw_fd(),
@@ -151,7 +156,7 @@ impl Child {
                 )
             };
             if n > 0 {
-                self.got += n as usize;
+                self.got = (self.got + n as usize).min(self.records.len());
                 continue;
             }
             if n == 0 {
@@ -260,7 +265,11 @@ impl Launcher {
                 Read::Finished(outcome) => outcome,
                 Read::Pending => {
                     let _ = crate::sys::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
-                    Outcome::TimedOut
+                    // A child stopped after it reported a failed step: that step is the news.
+                    match child.outcome() {
+                        failed @ Outcome::Failed { .. } => failed,
+                        _ => Outcome::TimedOut,
+                    }
                 }
             };
             let flight = self.flights.swap_remove(i);
@@ -331,9 +340,12 @@ impl Launcher {
             .iter()
             .map(|&(resource, value)| (resource, rlimit(value, value)))
             .collect();
-        let (report_read, report_write) = pipe().map_err(|e| Outcome::CloneFailed {
+        let pipe_failed = |e: io::Error| Outcome::CloneFailed {
             errno: e.raw_os_error().unwrap_or(libc::EIO),
-        })?;
+        };
+        // The launcher polls the report pipe; the child waits on the hand-over pipe.
+        let (report_read, report_write) = pipe(true).map_err(pipe_failed)?;
+        let (go_read, go_write) = pipe(false).map_err(pipe_failed)?;
         let spec = ChildSpec {
             program,
             argv: &argv,
@@ -348,15 +360,23 @@ impl Launcher {
             nofile_required: request.nofile_required,
             log: log.as_raw_fd(),
             report: report_write.as_raw_fd(),
+            go: go_read.as_raw_fd(),
             pause_before_exec: request.pause_before_exec,
         };
         let (pid, pidfd, method) = spawn(&spec, cgroup.map(AsFd::as_fd))
             .map_err(|errno| Outcome::CloneFailed { errno })?;
         drop(report_write);
-        if send_reply(reply, Reply::Cloned { pid, method }, Some(pidfd.as_fd())).is_err() {
+        drop(go_read);
+        // The child waits (still root, holding nothing but its own descriptors) until the
+        // daemon has its pidfd: a child the daemon does not know of never becomes the user.
+        if send_reply(reply, Reply::Cloned { pid, method }, Some(pidfd.as_fd())).is_ok() {
+            // SAFETY: write(2) of one byte from a local to the pipe we own.
+            unsafe { libc::write(go_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        } else {
             // The daemon no longer waits for this launch: it must not run.
             let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         }
+        drop(go_write);
         Ok(Child {
             pidfd,
             report: report_read,
@@ -397,8 +417,8 @@ fn clear(bytes: &mut [u8]) {
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
 
-/// A close-on-exec pipe whose read end does not block.
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe; its read end does not block when `nonblocking_read`.
+fn pipe(nonblocking_read: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the array on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -407,7 +427,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: both descriptors were just created and are owned by nobody else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: F_SETFL on a descriptor we own.
-    if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+    if nonblocking_read
+        && unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok((read, write))
