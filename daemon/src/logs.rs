@@ -193,15 +193,40 @@ pub enum Cut {
     Collapsed(u64),
     /// The file system cannot remove a file's start: the file was emptied.
     Truncated(u64),
+    /// Only space allocated past the end was freed (this many bytes).
+    Unallocated(u64),
 }
 
 /// Cuts a log that grew past `max` bytes: removes its oldest part so that about half of `max`
-/// stays (where the file system can, else empties it), and appends a line saying so. The
-/// server keeps writing through its own descriptor, at the new end (O_APPEND).
+/// stays (where the file system can, else empties it), and appends a line saying so. Space
+/// allocated past the log's end (`fallocate` with `FALLOC_FL_KEEP_SIZE`, which a server can do
+/// through its descriptor without changing the size) is freed first. The server keeps writing
+/// through its own descriptor, at the new end (O_APPEND).
 pub fn cut(file: &OwnedFd, max: u64) -> io::Result<Option<Cut>> {
-    let size = fstat(file).map_err(errno_io)?.st_size as u64;
-    if size <= max {
+    let st = fstat(file).map_err(errno_io)?;
+    let size = st.st_size as u64;
+    let allocated = (st.st_blocks as u64).saturating_mul(512);
+    if size <= max && allocated <= max {
         return Ok(None);
+    }
+    if allocated > size {
+        // Truncating to the same size frees what lies past the end on ext4; elsewhere punch
+        // it out. (Bytes the server appends meanwhile may be lost: only a log that holds more
+        // space than its size allows, which no plain writer makes, is touched.)
+        nix::unistd::ftruncate(file, size as libc::off_t).map_err(errno_io)?;
+        match nix::fcntl::fallocate(
+            file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            size as libc::off_t,
+            allocated.min(i64::MAX as u64 - size) as libc::off_t,
+        ) {
+            Ok(()) | Err(Errno::EOPNOTSUPP | Errno::EFBIG | Errno::EINVAL) => {}
+            Err(e) => return Err(errno_io(e)),
+        }
+    }
+    if size <= max {
+        return Ok(Some(Cut::Unallocated(allocated.saturating_sub(size))));
     }
     let block = nix::sys::statfs::fstatfs(file)
         .map_err(errno_io)?
@@ -224,7 +249,7 @@ pub fn cut(file: &OwnedFd, max: u64) -> io::Result<Option<Cut>> {
         truncate(file, size)?
     };
     let removed = match done {
-        Cut::Collapsed(n) | Cut::Truncated(n) => n,
+        Cut::Collapsed(n) | Cut::Truncated(n) | Cut::Unallocated(n) => n,
     };
     let line = format!(
         "[spawnd: this log passed log_max_size ({max} bytes): its oldest {removed} bytes were \

@@ -604,7 +604,7 @@ async fn a_log_that_grows_past_log_max_size_is_cut() {
 
 /// Finding 12: `spawnctl logs` shows a user's bytes to an admin's terminal: escape sequences
 /// in a log (retitle, clear, rewrite the screen; some terminals answer back) are shown as
-/// visible escapes when its output is a terminal (here a pseudo-terminal made by `script`).
+/// visible escapes, on a terminal (here a pseudo-terminal made by `script`) and through a pipe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawnctl_logs_shows_escape_sequences_harmlessly_on_a_terminal() {
     require_root!();
@@ -637,6 +637,66 @@ async fn spawnctl_logs_shows_escape_sequences_harmlessly_on_a_terminal() {
         "raw escape sequences reached the terminal: {text:?}"
     );
     assert!(text.contains("\\x1b]0;pwned\\x07\\x1b[2JHELLO"), "{text:?}");
+    // Through a pipe too (into less -R or tail, it still reaches a terminal); --raw opts out.
+    let piped = d.spawnctl(&["logs", &u.a.name]);
+    assert!(
+        piped.stdout.contains("\\x1b]0;pwned") && !piped.stdout.contains('\u{1b}'),
+        "{piped}"
+    );
+    let raw = d.spawnctl(&["logs", "--raw", &u.a.name]);
+    assert!(raw.stdout.contains("\u{1b}]0;pwned"), "{raw}");
+    hub.stop(&sid(&u.a.name, ""), None, true)
+        .await
+        .expect("stop");
+}
+
+/// Finding 9, the review's follow-up: a server can allocate disk through its log descriptor
+/// without changing the log's size (`fallocate` with `FALLOC_FL_KEEP_SIZE`); that space counts
+/// against `log_max_size` too and is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_allocated_past_a_logs_end_counts_against_log_max_size() {
+    require_root!();
+    let u = users();
+    let mut opts = options("log_max_size = \"1M\"");
+    opts.profiles.push(Profile::command(
+        "allocates",
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import ctypes, time; \
+             r = ctypes.CDLL(None, use_errno=True).fallocate(1, 1, ctypes.c_long(0), \
+             ctypes.c_long(256 << 20)); \
+             print('fallocate', r, ctypes.get_errno(), flush=True); time.sleep(1000)",
+        ],
+    ));
+    let d = TestDaemon::start(opts);
+    let hub = d.hub_client().await;
+    let started = start(&hub, start_req(&u.a.name, "", "allocates")).await;
+    let log = PathBuf::from(&started.log_path);
+    let allocated = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&log)
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    };
+    // It did allocate (the test means something) ...
+    let text = wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("fallocate"))
+    })
+    .expect("the server reported its fallocate");
+    assert!(text.contains("fallocate 0 0"), "{text:?}");
+    // ... and within a few checks the space is freed.
+    let freed = wait_for(Duration::from_secs(10), || {
+        (allocated() <= 2 << 20).then_some(())
+    });
+    assert!(
+        freed.is_some(),
+        "{} bytes stay allocated behind a log of {} bytes",
+        allocated(),
+        std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0)
+    );
     hub.stop(&sid(&u.a.name, ""), None, true)
         .await
         .expect("stop");
