@@ -88,9 +88,9 @@ enum Command {
             value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_LOG_LINES))
         )]
         lines: u32,
-        /// Print control characters as they are, even to a terminal (by default they are shown
-        /// as \x1b-style escapes there: a log is its user's text, and escape sequences in it
-        /// could rewrite what the terminal shows or does).
+        /// Print control characters as they are (by default they are shown as \x1b-style
+        /// escapes: a log is its user's text, and escape sequences in it could rewrite what a
+        /// terminal shows or does, also through a pipe into less -R or tail).
         #[arg(long)]
         raw: bool,
     },
@@ -310,22 +310,29 @@ fn render_status(status: &DaemonStatus) -> String {
     )
 }
 
-/// A log line as it may be shown on a terminal: every control character but the tab (ESC and
-/// the C1 controls that start escape sequences, carriage returns, backspaces, DEL) becomes a
-/// visible `\x1b`-style escape, so that a user's output cannot retitle, recolour, rewrite or
+/// A log line as it may be shown to an admin: every control character but the tab (ESC and
+/// the C1 controls that start escape sequences, carriage returns, backspaces, DEL) and every
+/// bidirectional override (which makes text read other than it is) becomes a visible
+/// `\x1b`-style escape, so that a user's output cannot retitle, recolour, rewrite, disguise or
 /// answer back through the terminal of the admin who reads it.
 fn escape_controls(line: &str) -> std::borrow::Cow<'_, str> {
-    if !line.chars().any(|c| c.is_control() && c != '\t') {
+    fn unsafe_char(c: char) -> bool {
+        (c.is_control() && c != '\t')
+            || matches!(
+                c,
+                '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            )
+    }
+    if !line.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(line);
     }
     let mut out = String::with_capacity(line.len() + 8);
     for c in line.chars() {
         match c {
-            '\t' => out.push(c),
-            c if c.is_control() && (c as u32) < 0x100 => {
+            c if unsafe_char(c) && (c as u32) < 0x100 => {
                 out.push_str(&format!("\\x{:02x}", c as u32))
             }
-            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
             c => out.push(c),
         }
     }
@@ -375,7 +382,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Logs { target, lines, raw } => {
             let tail = client.logs(&target, lines)?;
-            let escape = !raw && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let escape = !raw;
             let mut text = String::new();
             for line in &tail.lines {
                 if escape {
@@ -433,6 +440,11 @@ mod tests {
         );
         // The 8-bit CSI (U+009B) that some terminals honour.
         assert_eq!(escape_controls("a\u{9b}31mb"), "a\\x9b31mb");
+        // Bidirectional overrides that make a line read other than it is.
+        assert_eq!(
+            escape_controls("x\u{202e}y\u{2066}z"),
+            "x\\u{202e}y\\u{2066}z"
+        );
     }
 
     #[test]
