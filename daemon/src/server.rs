@@ -450,19 +450,27 @@ impl Daemon {
         }
     }
 
-    /// A self-service user may only touch servers of their own user name.
+    /// A self-service user may only touch their own servers: a known server by its uid (the
+    /// process's owner, whatever name it is listed under), any other name only if it is the
+    /// peer's own account name (a server the daemon does not know, or its log).
     async fn check_own(&self, peer: &Peer, id: &ServerId) -> Result<(), ErrorReply> {
         let uid = peer.uid;
-        let name = tokio::task::spawn_blocking(move || {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        let own = match self.supervisor.uid_of(id) {
+            Some(server_uid) => server_uid == uid,
+            None => {
+                let name = tokio::task::spawn_blocking(move || {
+                    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                        .ok()
+                        .flatten()
+                })
+                .await
                 .ok()
                 .flatten()
-        })
-        .await
-        .ok()
-        .flatten()
-        .map(|u| u.name);
-        if name.as_deref() == Some(id.user.as_str()) {
+                .map(|u| u.name);
+                name.as_deref() == Some(id.user.as_str())
+            }
+        };
+        if own {
             Ok(())
         } else {
             Err(err(

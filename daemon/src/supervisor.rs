@@ -449,6 +449,11 @@ impl Supervisor {
             .collect()
     }
 
+    /// The uid a known server runs as.
+    pub fn uid_of(&self, id: &ServerId) -> Option<u32> {
+        self.table().get(id).map(|e| e.uid)
+    }
+
     /// The log file of a known server.
     pub fn log_path(&self, id: &ServerId) -> Option<PathBuf> {
         self.table().get(id).map(|e| e.log_path.clone())
