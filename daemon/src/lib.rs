@@ -5,7 +5,8 @@
 //! - [`config`]: the TOML configuration and its validation (`spawnd check-config`);
 //! - [`auth`]: roles from the kernel's peer credentials;
 //! - [`policy`]: who may have a server started, and with what environment;
-//! - [`launch`]: the identity change and exec of a server (fork + async-signal-safe child);
+//! - [`launch`]: creating a server: the launcher process (executed by the daemon, sharing
+//!   nothing with it), its async-signal-safe child that becomes the user, the daemon's side;
 //! - [`logs`]: per-server log files, opened safely as root, and their tails;
 //! - [`tree`]: finding and killing a server's whole process tree (cgroup v2 or process group);
 //! - [`supervisor`]: the table of servers, exit events from pidfds, stop escalation;
