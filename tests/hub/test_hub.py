@@ -253,6 +253,54 @@ def _spawner(socket_path, state=None):
     return sp
 
 
+def test_a_start_that_fails_or_is_cancelled_leaves_the_port_budget(env):
+    """start() spreads its port tries over all the servers of the hub that are starting (a
+    count kept by the module). A start that fails or is cancelled while it waits must leave
+    that count, or every later start of the hub would try its port less often."""
+    from jupyterhub.spawner import SpawnException
+
+    import spawnd.spawner as spawner_module
+
+    class Spawner(spawner_module.SpawndSpawner):
+        # No hub around it: no API token or hub URL to pass on.
+        def get_env(self):
+            return {}
+
+        def get_args(self):
+            return []
+
+    b = env.users.b
+    assert spawner_module._waiting_for_port == 0
+
+    # The server exits during start-up: the spawn fails with its exit status.
+    sp = Spawner(socket=str(env.daemon.socket), user=types.SimpleNamespace(name=b.name),
+                 profile="failing")
+    with pytest.raises(SpawnException, match=f"exit code {harness.FAILING_EXIT}"):
+        asyncio.run(sp.start())
+    assert spawner_module._waiting_for_port == 0
+
+    # The hub's start_timeout cancels start() while it waits for the port.
+    sp = Spawner(socket=str(env.daemon.socket), user=types.SimpleNamespace(name=b.name),
+                 profile="default")
+
+    async def cancelled_while_waiting():
+        task = asyncio.ensure_future(sp.start())
+        while spawner_module._waiting_for_port == 0 and not task.done():
+            await asyncio.sleep(0.001)
+        waiting = spawner_module._waiting_for_port
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return waiting
+
+    try:
+        assert asyncio.run(cancelled_while_waiting()) == 1
+        assert spawner_module._waiting_for_port == 0
+    finally:
+        asyncio.run(sp.stop(now=True))
+    assert env.daemon.find(b.name) == []
+
+
 def test_poll_with_the_daemon_unreachable_is_not_death(env, tmp_path, caplog):
     state = {"pid": 4242, "instance": 12345}
 
