@@ -343,12 +343,11 @@ def rank_median(xs):
     return s[(len(s) + 1) // 2 - 1]
 
 
-def bootstrap_median_diff(a, b, resamples=2000, seed=1):
-    """95% percentile-bootstrap interval of median(a) − median(b) (the two resampled apart)."""
+def bootstrap_median(xs, resamples=2000, seed=1):
+    """95% percentile-bootstrap interval of rank_median(xs)."""
     rng = random.Random(seed)
-    diffs = sorted(rank_median(rng.choices(a, k=len(a)))
-                   - rank_median(rng.choices(b, k=len(b))) for _ in range(resamples))
-    return diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]
+    meds = sorted(rank_median(rng.choices(xs, k=len(xs))) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 
 
 def signed(v):
@@ -369,20 +368,26 @@ def section_hub(r):
                      "1×" if key == "sudo" else ratio(med(sudo), med(s)), us(med(t)), us(p99(t))])
     t1 = table(["spawner", "n", "REST start → ready, median", "p99", "SudoSpawner ÷ this",
                 "REST stop → gone, median", "p99"], rows)
+    # The hubs took turns, one spawn each per round: the i-th samples of two spawners come
+    # from the same round, under the same load, so their differences are compared.
     a = get(h, "spawnd", "samples", "ready")
     b = get(h, "local", "samples", "ready")
     conf = ""
-    if a and b and len(a) > 1 and len(b) > 1:
-        lo, hi = bootstrap_median_diff(a, b)
-        d = rank_median(a) - rank_median(b)
+    if a and b and len(a) == len(b) and len(a) > 1:
+        diffs = [x - y for x, y in zip(a, b)]
+        d = rank_median(diffs)
+        lo, hi = bootstrap_median(diffs)
         if hi < 0:
             word = "faster than LocalProcessSpawner"
         elif lo > 0:
             word = "slower than LocalProcessSpawner"
         else:
             word = "not distinguishable from LocalProcessSpawner at this n"
-        conf = (f"\n\nspawnd's median minus LocalProcessSpawner's: {signed(d)} (95% bootstrap "
-                f"interval {signed(lo)} to {signed(hi)}): spawnd is {word}.")
+        conf = (f"\n\nspawnd minus LocalProcessSpawner: the medians above differ by "
+                f"{signed(rank_median(a) - rank_median(b))}; round by round the median "
+                f"difference is {signed(d)} (95% bootstrap interval {signed(lo)} to "
+                f"{signed(hi)}) and spawnd was the faster in "
+                f"{sum(x < y for x, y in zip(a, b))} of {len(a)} rounds: spawnd is {word}.")
     rows = []
     for key, label in HUB_SPAWNERS:
         st = get(h, key, "steps")
