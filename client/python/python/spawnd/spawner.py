@@ -409,10 +409,26 @@ class SpawndSpawner(Spawner):
 
 
 async def _port_open(ip, port):
-    """Whether something accepts TCP connections on ip:port."""
+    """Whether something accepts TCP connections on ip:port (within a second).
+
+    asyncio.wait, not wait_for: before Python 3.12, wait_for drops a cancellation that arrives
+    just as the connection is refused, and start(), which the hub cancels at its start_timeout
+    most likely while it tries the port, would then go on waiting for a server that never
+    listens.
+    """
+    connecting = asyncio.ensure_future(asyncio.open_connection(ip, port))
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1.0)
-    except (OSError, asyncio.TimeoutError):
+        await asyncio.wait([connecting], timeout=1.0)
+    except asyncio.CancelledError:
+        connecting.cancel()
+        connecting.add_done_callback(_close_connection)
+        raise
+    if not connecting.done():
+        connecting.cancel()
+        return False
+    try:
+        _, writer = connecting.result()
+    except OSError:
         return False
     writer.close()
     try:
@@ -420,3 +436,9 @@ async def _port_open(ip, port):
     except OSError:
         pass
     return True
+
+
+def _close_connection(connecting):
+    """Close the connection of a try that was cancelled once it is made anyway."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result()[1].close()
