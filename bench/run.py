@@ -997,6 +997,11 @@ def main():
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Started in the background by a non-interactive shell, this process inherits SIGINT
+    # ignored, and so would every server LocalProcessSpawner and the mediator start (Python
+    # keeps an ignored SIGINT, exec keeps it): each of their stops would wait for the
+    # interrupt_timeout before SIGTERM. A handler of our own is reset by exec in the children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         r.go()
     except Exception as e:  # noqa: BLE001 - reported below, and the run fails
