@@ -4,6 +4,7 @@ The generated part sits between two marker lines; whatever BENCHMARKS.md holds o
 (the analysis written by people) is kept when the file is rewritten.
 """
 
+import random
 from pathlib import Path
 
 MARK_BEGIN = "<!-- scripts/bench: generated from here -->"
@@ -331,21 +332,80 @@ def section_daemon(r):
             f"#### Stop\n\n{t3}{extra}")
 
 
+HUB_SPAWNERS = (("spawnd", "spawnd (SpawndSpawner, hub as the hub user)"),
+                ("sudo", "SudoSpawner (hub as the hub user)"),
+                ("local", "LocalProcessSpawner (hub as root)"))
+
+
+def rank_median(xs):
+    """The median as the tables give it: nearest rank (of an even n, the lower middle)."""
+    s = sorted(xs)
+    return s[(len(s) + 1) // 2 - 1]
+
+
+def bootstrap_median(xs, resamples=2000, seed=1):
+    """95% percentile-bootstrap interval of rank_median(xs)."""
+    rng = random.Random(seed)
+    meds = sorted(rank_median(rng.choices(xs, k=len(xs))) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def signed(v):
+    """Seconds as a signed difference: +120 ms, −1.20 s."""
+    return ("+" if v >= 0 else "−") + us(abs(v) * 1e6)
+
+
 def section_hub(r):
     h = r.get("hub", {})
     sudo = get(h, "sudo", "spawn_to_ready")
     rows = []
-    for key, label in (("spawnd", "spawnd (SpawndSpawner, hub as the hub user)"),
-                       ("sudo", "SudoSpawner (hub as the hub user)"),
-                       ("local", "LocalProcessSpawner (hub as root)")):
+    for key, label in HUB_SPAWNERS:
         s = get(h, key, "spawn_to_ready")
         t = get(h, key, "stop")
         if s is None:
             continue
         rows.append([label, s["n"], us(med(s)), us(p99(s)),
                      "1×" if key == "sudo" else ratio(med(sudo), med(s)), us(med(t)), us(p99(t))])
-    return table(["spawner", "n", "REST start → ready, median", "p99", "SudoSpawner ÷ this",
-                  "REST stop → gone, median", "p99"], rows)
+    t1 = table(["spawner", "n", "REST start → ready, median", "p99", "SudoSpawner ÷ this",
+                "REST stop → gone, median", "p99"], rows)
+    # The hubs took turns, one spawn each per round: the i-th samples of two spawners come
+    # from the same round, under the same load, so their differences are compared.
+    a = get(h, "spawnd", "samples", "ready")
+    b = get(h, "local", "samples", "ready")
+    conf = ""
+    if a and b and len(a) == len(b) and len(a) > 1:
+        diffs = [x - y for x, y in zip(a, b)]
+        d = rank_median(diffs)
+        lo, hi = bootstrap_median(diffs)
+        if hi < 0:
+            word = "faster than LocalProcessSpawner"
+        elif lo > 0:
+            word = "slower than LocalProcessSpawner"
+        else:
+            word = "not distinguishable from LocalProcessSpawner at this n"
+        conf = (f"\n\nspawnd minus LocalProcessSpawner: the medians above differ by "
+                f"{signed(rank_median(a) - rank_median(b))}; round by round the median "
+                f"difference is {signed(d)} (95% bootstrap interval {signed(lo)} to "
+                f"{signed(hi)}) and spawnd was the faster in "
+                f"{sum(x < y for x, y in zip(a, b))} of {len(a)} rounds: spawnd is {word}.")
+    rows = []
+    for key, label in HUB_SPAWNERS:
+        st = get(h, key, "steps")
+        cycles = get(h, key, "cycles")
+        if not st:
+            continue
+        slack = [c["http_ok"] - c["listening"] for c in cycles or ()
+                 if c.get("http_ok") is not None and c.get("listening") is not None]
+        rows.append([label] + [us(med(get(st, k))) for k in
+                               ("start_called", "listening", "start_returned", "http_ok", "ready")]
+                    + [us(rank_median(slack) * 1e6) if slack else "–",
+                       us(max(slack) * 1e6) if slack else "–"])
+    t2 = table(["spawner", "start() called", "port listening", "start() returned",
+                "hub's HTTP check answered", "ready seen", "listening → HTTP answered, median",
+                "max"], rows)
+    return (f"{t1}{conf}\n\nWhere the time goes: the median of each step, after the POST "
+            f"(the hub's debug log; the port from `/proc/net/tcp`, every 2 ms; the model "
+            f"polled every 20 ms):\n\n{t2}")
 
 
 def section_scale(r):

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import urllib.error
@@ -92,7 +93,7 @@ SIZES = {
     "reps_local": (60, 3),
     "reps_sudo": (12, 1),
     "polls": (20, 5),
-    "hub_reps": (4, 1),
+    "hub_reps": (24, 1),
     "scale_users": (20, 2),
     "scale_per_user": (500, 25),
     "list_iters": (5, 2),
@@ -509,9 +510,12 @@ c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
 c.JupyterHub.load_roles = [{{"name": "admin", "services": ["bench"]}}]
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
+# Debug: the log has a timestamped line for each step of a spawn (HUB_STEPS).
+c.JupyterHub.log_level = "DEBUG"
 """
 
-    def bench_hub(self, kind):
+    def start_hub(self, kind):
+        """A running hub for `kind`, its bench user created; the caller closes it."""
         d = self.root / f"hub-{kind}"
         d.mkdir(mode=0o700)
         as_root = kind == "local"
@@ -528,97 +532,75 @@ c.Spawner.http_timeout = 60
             env.update(HOME=str(d), USER="root", LOGNAME="root")
         else:
             cmd = self.as_hub(cmd)
-        logf = open(self.root / "logs" / f"hub-{kind}.log", "ab")
-        hub = subprocess.Popen(cmd, cwd=d, stdin=subprocess.DEVNULL, stdout=logf,
-                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log_path = self.root / "logs" / f"hub-{kind}.log"
+        logf = open(log_path, "ab")
+        proc = subprocess.Popen(cmd, cwd=d, stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
         logf.close()
-        self.procs.append(hub)
-        base = f"http://127.0.0.1:{ports[0]}/hub/api"
-
-        def api(method, path, body=None):
-            data = json.dumps(body).encode() if body is not None else None
-            req = urllib.request.Request(base + path, data=data, method=method)
-            req.add_header("Authorization", f"token {token}")
-            if data is not None:
-                req.add_header("Content-Type", "application/json")
-            try:
-                with urllib.request.urlopen(req, timeout=90) as r:
-                    text = r.read()
-                    return r.status, (json.loads(text) if text else None)
-            except urllib.error.HTTPError as e:
-                return e.code, e.read().decode(errors="replace")
-
+        self.procs.append(proc)
+        hub = HubRun(kind, proc, f"http://127.0.0.1:{ports[0]}/hub/api", token, log_path,
+                     self.nb[0])
         try:
             def hub_ready():
-                if hub.poll() is not None:
-                    raise RuntimeError(f"jupyterhub ({kind}) exited ({hub.returncode})")
+                if proc.poll() is not None:
+                    raise RuntimeError(f"jupyterhub ({kind}) exited ({proc.returncode})")
                 try:
-                    return api("GET", "/")[0] == 200
+                    return hub.api("GET", "/")[0] == 200
                 except OSError:
                     return False
 
             if not wait_for(hub_ready, 90, 0.2):
                 raise RuntimeError(f"jupyterhub ({kind}) not ready within 90 s")
-            user = self.nb[0]
-            status, body = api("POST", f"/users/{user}")
+            status, body = hub.api("POST", f"/users/{hub.user}")
             if status not in (201, 409):
                 raise RuntimeError(f"create user: {status} {body}")
-            reps = self.size("hub_reps")
-            spawn, stop = [], []
-
-            def model():
-                st, body = api("GET", f"/users/{user}")
-                if st != 200:
-                    raise RuntimeError(f"GET user: {st} {body}")
-                return body.get("servers", {}).get("")
-
-            # The first spawn of a user (cold caches, a new runtime directory) is a warm-up,
-            # except in a quick run, which only checks that spawning works.
-            warmup = 0 if self.quick else 1
-            for i in range(reps + warmup):
-                t0 = time.perf_counter()
-                st, body = api("POST", f"/users/{user}/server")
-                if st not in (201, 202):
-                    raise RuntimeError(f"start: {st} {body}")
-                m = wait_for(lambda: (model() or {}).get("ready"), 120, 0.02)
-                t_ready = time.perf_counter() - t0
-                if not m:
-                    raise RuntimeError("server not ready within 120 s")
-                t0 = time.perf_counter()
-                st, body = api("DELETE", f"/users/{user}/server")
-                if st not in (202, 204):
-                    raise RuntimeError(f"stop: {st} {body}")
-                if not wait_for(lambda: model() is None, 120, 0.02):
-                    raise RuntimeError("server not gone within 120 s")
-                t_stop = time.perf_counter() - t0
-                if i >= warmup:
-                    spawn.append(t_ready)
-                    stop.append(t_stop)
-            return {"spawn_to_ready": summary(spawn), "stop": summary(stop), "reps": reps}
-        finally:
-            if hub.poll() is None:
-                hub.send_signal(signal.SIGTERM)
-                try:
-                    hub.wait(30)
-                except subprocess.TimeoutExpired:
-                    hub.kill()
-                    hub.wait()
-            try:
-                os.killpg(hub.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        except BaseException:
+            hub.close()
+            raise
+        return hub
 
     def bench_hubs(self):
+        """The three hubs run side by side and take turns, one spawn-and-stop each per round
+        (the order rotating), so that the machine's other load falls on all of them alike."""
         res = self.results.setdefault("hub", {})
-        for kind in ("spawnd", "sudo", "local"):
-            log(f"spawn-to-ready through a real hub: {kind}")
-            try:
-                res[kind] = self.bench_hub(kind)
-            except Exception as e:  # noqa: BLE001
-                self.fail(f"hub-{kind}", e)
-            if kind != "spawnd":
-                # Whatever a failed run of an unsupervised spawner left behind.
-                kill_uid(pwd.getpwnam(self.nb[0]).pw_uid)
+        hubs = {}
+        try:
+            for kind in HUB_KINDS:
+                log(f"spawn-to-ready through a real hub: starting the {kind} hub")
+                try:
+                    hubs[kind] = self.start_hub(kind)
+                except Exception as e:  # noqa: BLE001
+                    self.fail(f"hub-{kind}", e)
+            reps = self.size("hub_reps")
+            # The first spawn of a user on each hub (cold caches, a new runtime directory) is
+            # a warm-up, except in a quick run, which only checks that spawning works.
+            warmup = 0 if self.quick else 1
+            uid = pwd.getpwnam(self.nb[0]).pw_uid
+            cycles = {kind: [] for kind in hubs}
+            log(f"spawn-to-ready through a real hub: {reps} rounds of {', '.join(hubs)}")
+            for i in range(warmup + reps):
+                order = list(hubs)
+                order = order[i % len(order):] + order[:i % len(order)]
+                for kind in order:
+                    if kind not in hubs:
+                        continue
+                    try:
+                        c = hubs[kind].cycle(uid)
+                    except Exception as e:  # noqa: BLE001
+                        self.fail(f"hub-{kind}", e)
+                        hubs.pop(kind).close()
+                        kill_uid(uid)  # what the failed spawn left, before the next hub's
+                        continue
+                    if i >= warmup:
+                        cycles[kind].append(c)
+            for kind, cs in cycles.items():
+                if kind in hubs and cs:
+                    res[kind] = hub_summary(cs)
+        finally:
+            for hub in hubs.values():
+                hub.close()
+            # Whatever a failed run of an unsupervised spawner left behind.
+            kill_uid(pwd.getpwnam(self.nb[0]).pw_uid)
 
     # --- 4. scale -----------------------------------------------------------------------------
 
@@ -826,6 +808,160 @@ c.Spawner.http_timeout = 60
             log(f"kept {self.root}")
 
 
+# --- 3. the hubs, for bench_hubs ------------------------------------------------------------------
+
+HUB_KINDS = ("spawnd", "local", "sudo")
+# What the hub logs (at debug level) at each step of a spawn, and the name of the step.
+HUB_STEPS = (
+    ("start_called", "Calling Spawner.start for "),
+    ("start_returned", "s for server at http"),  # wait_for_http_server: "Waiting 60s for ..."
+    ("http_ok", " responded in "),               # ... "Server at URL responded in 0.12s"
+    ("spawned", " seconds to start"),            # "User U took 1.234 seconds to start"
+)
+HUB_LOG_TIME = re.compile(r"^\[[A-Z] (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) JupyterHub ")
+
+
+class HubRun:
+    """One running hub (its process, REST API and log) and its bench user."""
+
+    def __init__(self, kind, proc, base, token, log_path, user):
+        self.kind, self.proc, self.base, self.token = kind, proc, base, token
+        self.log_path, self.user = log_path, user
+
+    def api(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", f"token {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=90) as r:
+                text = r.read()
+                return r.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def model(self):
+        st, body = self.api("GET", f"/users/{self.user}")
+        if st != 200:
+            raise RuntimeError(f"GET user: {st} {body}")
+        return body.get("servers", {}).get("")
+
+    def cycle(self, uid):
+        """REST start → the model says ready, then REST stop → gone, with the time of each
+        step of the spawn in seconds after the POST: from the hub's log, and when a socket of
+        the user's (uid) started listening."""
+        offset = self.log_path.stat().st_size
+        watch = ListenWatch(uid)
+        t_wall = time.time()
+        t0 = time.perf_counter()
+        try:
+            st, body = self.api("POST", f"/users/{self.user}/server")
+            if st not in (201, 202):
+                raise RuntimeError(f"start: {st} {body}")
+            m = wait_for(lambda: (self.model() or {}).get("ready"), 120, 0.02)
+            t_ready = time.perf_counter() - t0
+        finally:
+            watch.stop()
+        if not m:
+            raise RuntimeError("server not ready within 120 s")
+        t0 = time.perf_counter()
+        st, body = self.api("DELETE", f"/users/{self.user}/server")
+        if st not in (202, 204):
+            raise RuntimeError(f"stop: {st} {body}")
+        if not wait_for(lambda: self.model() is None, 120, 0.02):
+            raise RuntimeError("server not gone within 120 s")
+        t_stop = time.perf_counter() - t0
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        steps = hub_steps(text, t_wall)
+        steps["listening"] = watch.first - t_wall if watch.first is not None else None
+        steps["ready"] = t_ready
+        return {"ready": t_ready, "stop": t_stop, "steps": steps}
+
+    def close(self):
+        proc = self.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def hub_steps(text, t_wall):
+    """Seconds after t_wall (time.time()) of the first line of each HUB_STEPS in a hub's log."""
+    steps = {}
+    for line in text.splitlines():
+        m = HUB_LOG_TIME.match(line)
+        if not m:
+            continue
+        for name, marker in HUB_STEPS:
+            if name not in steps and marker in line:
+                t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+                steps[name] = t - t_wall
+                break
+    return steps
+
+
+class ListenWatch:
+    """When a TCP socket of `uid` first listens (from /proc/net/tcp{,6}, every 2 ms), as
+    time.time(): the moment the single-user server opened its port, whoever started it."""
+
+    def __init__(self, uid, interval=0.002):
+        self.uid, self.interval = str(uid), interval
+        self.first = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _listening(self):
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(name) as f:
+                    next(f)
+                    for line in f:
+                        fields = line.split()
+                        if fields[3] == "0A" and fields[7] == self.uid:
+                            return True
+            except OSError:
+                pass
+        return False
+
+    def _run(self):
+        if self._listening():
+            return  # something of the user's still listens (a server not yet gone): unknown
+        while not self._done.wait(self.interval):
+            if self._listening():
+                self.first = time.time()
+                return
+
+    def stop(self):
+        self._done.set()
+        self._thread.join()
+
+
+def hub_summary(cycles):
+    """summary() of the ready and stop times and of each step's time after the POST, with the
+    samples (for the report's confidence interval)."""
+    ready = [c["ready"] for c in cycles]
+    stop = [c["stop"] for c in cycles]
+    names = [n for n, _ in HUB_STEPS] + ["listening", "ready"]
+    steps = {}
+    for name in names:
+        v = [c["steps"][name] for c in cycles if c["steps"].get(name) is not None]
+        steps[name] = summary(v)
+    return {"spawn_to_ready": summary(ready), "stop": summary(stop), "reps": len(cycles),
+            "steps": steps, "samples": {"ready": ready, "stop": stop},
+            "cycles": [c["steps"] for c in cycles]}
+
+
 def cpu_pressure():
     """Microseconds some task waited for a CPU since boot (/proc/pressure/cpu), or 0."""
     try:
@@ -861,6 +997,11 @@ def main():
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Started in the background by a non-interactive shell, this process inherits SIGINT
+    # ignored, and so would every server LocalProcessSpawner and the mediator start (Python
+    # keeps an ignored SIGINT, exec keeps it): each of their stops would wait for the
+    # interrupt_timeout before SIGTERM. A handler of our own is reset by exec in the children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         r.go()
     except Exception as e:  # noqa: BLE001 - reported below, and the run fails

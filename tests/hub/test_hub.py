@@ -253,6 +253,84 @@ def _spawner(socket_path, state=None):
     return sp
 
 
+def test_a_start_that_fails_or_is_cancelled_leaves_the_port_budget(env):
+    """start() spreads its port tries over all the servers of the hub that are starting (a
+    count kept by the module). A start that fails or is cancelled while it waits must leave
+    that count, or every later start of the hub would try its port less often."""
+    from jupyterhub.spawner import SpawnException
+
+    import spawnd.spawner as spawner_module
+
+    class Spawner(spawner_module.SpawndSpawner):
+        # No hub around it: no API token or hub URL to pass on.
+        def get_env(self):
+            return {}
+
+        def get_args(self):
+            return []
+
+    b = env.users.b
+    assert spawner_module._waiting_for_port == 0
+
+    # The server exits during start-up: the spawn fails with its exit status.
+    sp = Spawner(socket=str(env.daemon.socket), user=types.SimpleNamespace(name=b.name),
+                 profile="failing")
+    with pytest.raises(SpawnException, match=f"exit code {harness.FAILING_EXIT}"):
+        asyncio.run(sp.start())
+    assert spawner_module._waiting_for_port == 0
+
+    # The hub's start_timeout cancels start() while it waits for the port.
+    sp = Spawner(socket=str(env.daemon.socket), user=types.SimpleNamespace(name=b.name),
+                 profile="default")
+
+    async def cancelled_while_waiting():
+        task = asyncio.ensure_future(sp.start())
+        while spawner_module._waiting_for_port == 0 and not task.done():
+            await asyncio.sleep(0.001)
+        waiting = spawner_module._waiting_for_port
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return waiting
+
+    try:
+        assert asyncio.run(cancelled_while_waiting()) == 1
+        assert spawner_module._waiting_for_port == 0
+    finally:
+        asyncio.run(sp.stop(now=True))
+    assert env.daemon.find(b.name) == []
+
+
+def test_a_port_try_passes_a_cancellation_on():
+    """The hub cancels start() at its start_timeout, most likely while start() tries the
+    port. The try must let the cancellation through even when the connection is refused at
+    that moment (asyncio.wait_for before Python 3.12 returns the refusal instead), or start()
+    would go on waiting for a server that never listens. The cancellation is sent after 0,
+    1, 2, … turns of the event loop, so that one of them lands as the refusal arrives."""
+    from spawnd.spawner import _port_open
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        port = s.getsockname()[1]
+
+        async def cancelled_after(turns):
+            task = asyncio.ensure_future(_port_open("127.0.0.1", port))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if task.done():
+                return "done before the cancellation"
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                return "cancelled"
+            return "cancellation lost"
+
+        outcomes = [asyncio.run(cancelled_after(turns)) for turns in range(30)]
+    assert "cancellation lost" not in outcomes, outcomes
+    assert outcomes[0] == "cancelled" and outcomes[-1] == "done before the cancellation", outcomes
+
+
 def test_poll_with_the_daemon_unreachable_is_not_death(env, tmp_path, caplog):
     state = {"pid": 4242, "instance": 12345}
 
