@@ -163,9 +163,19 @@ pub fn file_id(file: &impl AsFd) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Opens a running server's log again (a re-adopted server's), for watching its size: only if
-/// it is still the file recorded at its start (`id` from [`file_id`]), a plain root-owned file.
-pub fn reopen_server_log(path: &Path, id: (u64, u64)) -> io::Result<OwnedFd> {
+/// Cuts a running server's log past `max` (see [`cut`]), looking at it by path first (a stat,
+/// no descriptor held between checks): only while the file under `path` is still the one the
+/// server was started with (`id` from [`file_id`]), a plain root-owned file.
+pub fn cut_if_over(path: &Path, id: (u64, u64), max: u64) -> io::Result<Option<Cut>> {
+    let st = match nix::sys::stat::lstat(path) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(errno_io(e)),
+    };
+    let allocated = (st.st_blocks as u64).saturating_mul(512);
+    if (st.st_dev, st.st_ino) != id || (st.st_size as u64 <= max && allocated <= max) {
+        return Ok(None);
+    }
     let file = nix::fcntl::open(
         path,
         OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
@@ -174,15 +184,9 @@ pub fn reopen_server_log(path: &Path, id: (u64, u64)) -> io::Result<OwnedFd> {
     .map_err(errno_io)?;
     let st = check_plain_file(&file, path)?;
     if (st.st_dev, st.st_ino) != id || st.st_uid != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is no longer the server's log (rotated or replaced)",
-                path.display()
-            ),
-        ));
+        return Ok(None);
     }
-    Ok(file)
+    cut(&file, max)
 }
 
 /// What [`cut`] did.

@@ -215,8 +215,8 @@ impl Daemon {
                 continue;
             }
             let _ = tokio::task::spawn_blocking(move || {
-                for (id, log) in running {
-                    match logs::cut(&log, max) {
+                for (id, path, file) in running {
+                    match logs::cut_if_over(&path, file, max) {
                         Ok(Some(cut)) => tracing::warn!(
                             server = %id,
                             "its log passed log_max_size ({max} bytes) and was cut: {cut:?}"
@@ -675,7 +675,8 @@ fn prepare_and_launch(
     })?;
     let pid = launched.pid;
     let sup = &daemon.supervisor;
-    sup.running(r, launched, cgroup_dir, log_path.clone(), spec.into_log());
+    let log_file = logs::file_id(&spec.into_log()).ok();
+    sup.running(r, launched, cgroup_dir, log_path.clone(), log_file);
     if let Err(e) = sup.persist(&req.server) {
         // A server the next daemon could not find again must not run: take it down.
         tracing::error!(server = %req.server, "could not record the server, stopping it: {e}");

@@ -129,10 +129,9 @@ struct Entry {
     started_at: SystemTime,
     exited_at: Option<SystemTime>,
     log_path: PathBuf,
-    /// The log the server writes: the file (device, inode) and a descriptor of the daemon's
-    /// own to watch its size (`None` where it cannot be vouched for, after a restart).
+    /// The log file (device, inode) the server writes: its size is watched only while the
+    /// file under `log_path` is that one.
     log_file: Option<(u64, u64)>,
-    log: Option<Arc<OwnedFd>>,
     timeouts: StopTimeouts,
     state: ServerState,
     process: Option<Process>,
@@ -338,7 +337,6 @@ impl Supervisor {
                 exited_at: None,
                 log_path: new.log_path,
                 log_file: None,
-                log: None,
                 timeouts: new.timeouts,
                 state: ServerState::Starting,
                 process: None,
@@ -368,7 +366,7 @@ impl Supervisor {
         launched: Launched,
         cgroup: Option<PathBuf>,
         log_path: PathBuf,
-        log: OwnedFd,
+        log_file: Option<(u64, u64)>,
     ) {
         // Our unreaped child: /proc/PID is certainly it.
         let start_ticks = sys::process_start_time(launched.pid).unwrap_or(0);
@@ -384,8 +382,7 @@ impl Supervisor {
                 e.state = ServerState::Running;
                 e.process = Some(process);
                 e.log_path = log_path;
-                e.log_file = crate::logs::file_id(&log).ok();
-                e.log = Some(Arc::new(log));
+                e.log_file = log_file;
                 e.start_ticks = start_ticks;
                 e.pid = launched.pid;
                 e.cgroup = cgroup.clone();
@@ -423,7 +420,6 @@ impl Supervisor {
         if let Some(e) = table.get_mut(id).filter(|e| e.instance == instance) {
             e.state = ServerState::Exited(status);
             e.exited_at = Some(SystemTime::now());
-            e.log = None;
             let pid = e.pid;
             tracing::info!(server = %id, instance, pid, "server exited: {status}");
         }
@@ -440,12 +436,12 @@ impl Supervisor {
         })
     }
 
-    /// The logs of the servers that run, to watch their size.
-    pub fn running_logs(&self) -> Vec<(ServerId, Arc<OwnedFd>)> {
+    /// The logs of the servers that run (path and file), to watch their size.
+    pub fn running_logs(&self) -> Vec<(ServerId, PathBuf, (u64, u64))> {
         self.table()
             .iter()
             .filter(|(_, e)| matches!(e.state, ServerState::Running | ServerState::Stopping))
-            .filter_map(|(id, e)| Some((id.clone(), e.log.clone()?)))
+            .filter_map(|(id, e)| Some((id.clone(), e.log_path.clone(), e.log_file?)))
             .collect()
     }
 
@@ -676,7 +672,6 @@ impl Supervisor {
             exited_at: rec.exited_at.map(at),
             log_path,
             log_file: rec.log_file,
-            log: None,
             timeouts,
             state,
             process: None,
@@ -697,17 +692,7 @@ impl Supervisor {
         let (tx, rx) = watch::channel(false);
         let leader = Leader::new(rec.pid, pidfd);
         let log_path = crate::logs::log_path(log_dir, &rec.user, &rec.server);
-        // The size of its log is watched again only if the file under that name is still the
-        // one it writes.
-        let log = rec.log_file.and_then(|file| {
-            crate::logs::reopen_server_log(&log_path, file)
-                .inspect_err(|e| {
-                    tracing::warn!(server = %id, "its log size is not watched: {e}");
-                })
-                .ok()
-        });
         let mut entry = Self::entry_from(rec, timeouts, ServerState::Running, log_path);
-        entry.log = log.map(Arc::new);
         entry.process = Some(Process {
             leader: leader.clone(),
             gone: rx,

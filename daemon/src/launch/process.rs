@@ -426,11 +426,11 @@ fn pipe(nonblocking_read: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: F_SETFL on a descriptor we own.
-    if nonblocking_read
-        && unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0
-    {
-        return Err(io::Error::last_os_error());
+    if nonblocking_read {
+        // SAFETY: F_SETFL on a descriptor we own.
+        if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok((read, write))
 }
