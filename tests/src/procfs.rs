@@ -122,17 +122,20 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Whether `pid` is a spawnd launcher process (root, named `spawnd-launcher`).
-pub fn is_launcher(pid: u32) -> bool {
+/// Whether `pid`, a child of `daemon`, is its launcher: root, named `spawnd-launcher`, in the
+/// daemon's own cgroup (a server process at its birth is a copy of the launcher, with its name
+/// and uid, but born in its server's cgroup).
+fn is_launcher_of(daemon: u32, pid: u32) -> bool {
     comm(pid).as_deref() == Some("spawnd-launcher")
         && status_ids(pid, "Uid").and_then(|ids| ids.first().copied()) == Some(0)
+        && cgroup(pid) == cgroup(daemon)
 }
 
 /// The daemon's live children other than its launcher: the servers it supervises.
 pub fn servers_of(daemon: u32) -> Vec<u32> {
     children_of(daemon)
         .into_iter()
-        .filter(|&p| !is_launcher(p))
+        .filter(|&p| !is_launcher_of(daemon, p))
         .collect()
 }
 
@@ -140,7 +143,7 @@ pub fn servers_of(daemon: u32) -> Vec<u32> {
 pub fn launchers_of(daemon: u32) -> Vec<u32> {
     children_of(daemon)
         .into_iter()
-        .filter(|&p| is_launcher(p))
+        .filter(|&p| is_launcher_of(daemon, p))
         .collect()
 }
 

@@ -315,21 +315,26 @@ fn a_launcher_that_dies_is_replaced_and_its_launches_in_flight_fail_cleanly() {
     let scratch = Scratch::new("dies");
     let launcher = Arc::new(launcher());
     let first = launcher.pid().expect("a launcher");
-    let (log, log_path) = scratch.log("a.log");
-    let in_flight = spec(
+    // A launch the launcher has not taken yet (it is stopped) when it dies: it fails, and no
+    // process of the user is created.
+    let stop = |pid: u32, signal: libc::c_int| {
+        // SAFETY: kill(2) of the launcher process this test started.
+        unsafe { libc::kill(pid as i32, signal) };
+    };
+    stop(first, libc::SIGSTOP);
+    let (log, queued_log) = scratch.log("a.log");
+    let queued = spec(
         &u.a,
         &["/bin/true"],
         &[],
         log,
         None,
         Duration::from_secs(30),
-    )
-    .pause_before_exec();
+    );
     let l = launcher.clone();
-    let pending = std::thread::spawn(move || l.launch(&in_flight));
-    let child = wait_stopped_child(&log_path);
-    // SAFETY: kill(2) of the launcher process this test started.
-    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let pending = std::thread::spawn(move || l.launch(&queued));
+    std::thread::sleep(Duration::from_millis(200));
+    stop(first, libc::SIGKILL);
     match pending.join().expect("the launch thread") {
         Err(e @ LaunchError::Launcher { .. }) => {
             let message = e.to_string();
@@ -338,35 +343,56 @@ fn a_launcher_that_dies_is_replaced_and_its_launches_in_flight_fail_cleanly() {
                 "{message}"
             );
         }
-        other => panic!("a launch in flight when the launcher died was reported as {other:?}"),
+        other => panic!("a launch queued when the launcher died was reported as {other:?}"),
     }
-    // What it had created is killed and reaped; the dead launcher is reaped too.
-    assert!(
-        wait_for(Duration::from_secs(10), || procfs::state(child)
-            .is_none()
-            .then_some(()))
-        .is_some(),
-        "the launch's child survived its launcher"
-    );
+    let created = procfs::children_of(std::process::id())
+        .into_iter()
+        .any(|p| procfs::fds(p).is_some_and(|fds| fds.values().any(|f| *f == queued_log)));
+    assert!(!created, "a process was created for the failed launch");
     assert!(
         procfs::state(first).is_none(),
         "the dead launcher was not reaped"
     );
-    // The next launch gets a new launcher.
-    let (log, _) = scratch.log("b.log");
-    let launched = launcher
-        .launch(&spec(
-            &u.b,
-            &["/bin/true"],
-            &[],
-            log,
-            None,
-            Duration::from_secs(30),
-        ))
-        .expect("a launch after the launcher died");
-    assert_eq!(libc::WEXITSTATUS(reap(launched)), 0);
-    let second = launcher.pid().expect("a new launcher");
+    // A launch already handed over (its child paused before exec) goes on without the
+    // launcher that made it: the daemon side watches the child itself.
+    let second = {
+        let (log, _) = scratch.log("b0.log");
+        let launched = launcher
+            .launch(&spec(
+                &u.b,
+                &["/bin/true"],
+                &[],
+                log,
+                None,
+                Duration::from_secs(30),
+            ))
+            .expect("a launch after the launcher died");
+        assert_eq!(libc::WEXITSTATUS(reap(launched)), 0);
+        launcher.pid().expect("a new launcher")
+    };
     assert_ne!(second, first);
+    let (log, log_path) = scratch.log("b.log");
+    let handed_over = spec(
+        &u.b,
+        &["/bin/true"],
+        &[],
+        log,
+        None,
+        Duration::from_secs(30),
+    )
+    .pause_before_exec();
+    let l = launcher.clone();
+    let pending = std::thread::spawn(move || l.launch(&handed_over));
+    let child = wait_stopped_child(&log_path);
+    stop(second, libc::SIGKILL);
+    // SAFETY: kill(2) of the stopped child found above.
+    unsafe { libc::kill(child as i32, libc::SIGCONT) };
+    let launched = pending
+        .join()
+        .expect("the launch thread")
+        .expect("a launch handed over before its launcher died");
+    assert_eq!(launched.pid as u32, child);
+    assert_eq!(libc::WEXITSTATUS(reap(launched)), 0);
 }
 
 #[test]

@@ -216,22 +216,31 @@ async fn a_server_process_killed_before_its_exec_is_a_failed_start() {
         .expect("stop");
 }
 
-/// A launcher that dies (killed, or a bug) fails the starts it had in flight with a clear
-/// message, leaves nothing of them running, and is replaced for the next start.
+/// A launcher that dies (killed, or a bug) fails the starts it has not handed over yet with a
+/// clear message, creating nothing of them; a start whose process it had already handed over
+/// goes on without it (the daemon watches that process itself); and it is replaced for the
+/// next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launcher_that_dies_fails_its_starts_and_is_replaced() {
     require_root!();
     let u = users();
+    // A user of its own: tests beside this one run processes of A and B.
+    let user = spawnd_tests::add_test_user("launchdies", &["-m", "-G", &u.group.name]);
     let d = TestDaemon::start(options(""));
     require_cgroup!(d);
     let hub = d.hub_client().await;
     let launchers = procfs::launchers_of(d.pid());
     assert_eq!(launchers.len(), 1, "one launcher: {launchers:?}");
-    let frozen = Frozen::new(&d, &u.a);
-    let pending = start_in_background(&hub, start_req(&u.a.name, "", ""));
-    let child = frozen.wait_for_process();
-    // SAFETY: kill(2) of the daemon's launcher, found above.
-    unsafe { libc::kill(launchers[0] as i32, libc::SIGKILL) };
+    let signal = |pid: u32, signal: libc::c_int| {
+        // SAFETY: kill(2) of a process of the test daemon's, found above.
+        unsafe { libc::kill(pid as i32, signal) };
+    };
+
+    // A start the launcher has not taken when it dies (it is stopped, then killed).
+    signal(launchers[0], libc::SIGSTOP);
+    let pending = start_in_background(&hub, start_req(&user.name, "", ""));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(launchers[0], libc::SIGKILL);
     let e = expect_err(pending.await.expect("task"), ErrorKind::SpawnFailed);
     assert!(
         e.message.contains("launcher") && e.message.contains("start again"),
@@ -239,24 +248,33 @@ async fn a_launcher_that_dies_fails_its_starts_and_is_replaced() {
         e.message
     );
     assert!(
-        wait_for(Duration::from_secs(10), || is_gone(child).then_some(())).is_some(),
-        "the process of the failed start survived"
+        procfs::pids_of_uid(user.uid).is_empty(),
+        "a process of the failed start runs"
     );
-    assert!(cgroups_of(&d, &u.a).is_empty(), "a cgroup was left");
+    assert!(cgroups_of(&d, &user).is_empty(), "a cgroup was left");
     assert!(is_gone(launchers[0]), "the dead launcher was not reaped");
-    drop(frozen);
-    // The next start gets a new launcher.
-    start(&hub, start_req(&u.b.name, "", "")).await;
+    assert!(
+        d.stderr().contains("the launcher process"),
+        "the daemon did not log the launcher's failure"
+    );
+
+    // The next start gets a new launcher; one whose process was handed over (held at birth)
+    // when that launcher dies completes all the same.
+    let frozen = Frozen::new(&d, &u.b);
+    let pending = start_in_background(&hub, start_req(&u.b.name, "", ""));
+    let child = frozen.wait_for_process();
     let now = procfs::launchers_of(d.pid());
     assert_eq!(now.len(), 1, "one launcher: {now:?}");
     assert_ne!(now[0], launchers[0]);
-    assert!(
-        d.stderr().contains("launcher"),
-        "the daemon did not log the launcher's failure"
-    );
-    hub.stop(&sid(&u.b.name, ""), None, true)
-        .await
-        .expect("stop");
+    signal(now[0], libc::SIGKILL);
+    frozen.thaw();
+    let started = pending.await.expect("task").expect("the handed-over start");
+    assert_eq!(started.pid, child);
+    drop(frozen);
+    start(&hub, start_req(&user.name, "", "")).await;
+    for name in [&user.name, &u.b.name] {
+        hub.stop(&sid(name, ""), None, true).await.expect("stop");
+    }
 }
 
 /// Makes a process of `user` in a session of its own (so its process group id is its pid)

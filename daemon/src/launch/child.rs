@@ -21,11 +21,12 @@
 //! are its own standard streams and its report pipe. A user who stops, traces or kills it can
 //! learn or change nothing of any other launch.
 //!
-//! The launcher reads the report pipe: a failed step is `(step, errno)`; the marker comes right
-//! before `execve`, so end of file after it means the program runs, and end of file without it
-//! means the process died before it got there (killed by a signal).
+//! The daemon reads the report pipe ([`Report`]): a failed step is `(step, errno)`; the marker
+//! comes right before `execve`, so end of file after it means the program runs, and end of
+//! file without it means the process died before it got there (killed by a signal).
 
 use super::Step;
+use super::wire::Outcome;
 use std::ffi::{CStr, c_char};
 use std::os::fd::RawFd;
 
@@ -146,7 +147,11 @@ pub(super) unsafe fn setup(spec: &ChildSpec<'_>, cgroup_procs: Option<RawFd>) ->
                 continue;
             }
             // The launcher is gone before the daemon knew of this process: it must not run.
-            libc::_exit(126);
+            fail(
+                report,
+                Step::Handover,
+                if n < 0 { errno } else { libc::EPIPE },
+            );
         }
         libc::close(GO_FD);
         check!(Step::Setsid, libc::setsid());
@@ -236,5 +241,75 @@ fn fail(report: RawFd, step: Step, errno: i32) -> ! {
     unsafe {
         libc::write(report, record.as_ptr().cast(), RECORD);
         libc::_exit(127)
+    }
+}
+
+/// What a child wrote on its report pipe, read by the daemon until end of file.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    records: [u8; 2 * RECORD],
+    got: usize,
+}
+
+/// Where reading a report stands.
+#[derive(Debug)]
+pub(super) enum Reading {
+    /// Nothing more to read for now (the pipe does not block).
+    Pending,
+    /// End of file: the child has executed its program or is gone.
+    Finished(Outcome),
+}
+
+impl Report {
+    /// Reads what the child wrote, up to end of file. Only end of file ends a launch: a child
+    /// may still be alive after its last record (stopped between a failed exec's report and
+    /// its exit).
+    pub(super) fn read(&mut self, pipe: std::os::fd::BorrowedFd<'_>) -> Reading {
+        use std::os::fd::AsRawFd;
+        let mut scratch = [0u8; RECORD];
+        loop {
+            let space: &mut [u8] = if self.got < self.records.len() {
+                &mut self.records[self.got..]
+            } else {
+                // More than a child ever writes: keep the first records, drain the rest.
+                &mut scratch
+            };
+            // SAFETY: reads into a buffer of ours, for its length.
+            let n = unsafe { libc::read(pipe.as_raw_fd(), space.as_mut_ptr().cast(), space.len()) };
+            if n > 0 {
+                self.got = (self.got + n as usize).min(self.records.len());
+                continue;
+            }
+            if n == 0 {
+                return Reading::Finished(self.outcome());
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Reading::Pending,
+                // Cannot happen on a pipe we hold; the child's fate is unknown: treat as killed.
+                _ => return Reading::Finished(Outcome::KilledBeforeExec),
+            }
+        }
+    }
+
+    /// How the launch ended, from the records read so far (at end of file: for good).
+    pub(super) fn outcome(&self) -> Outcome {
+        let mut marker = false;
+        for record in self.records[..self.got].chunks_exact(RECORD) {
+            if record[0] == EXEC_MARKER {
+                marker = true;
+            } else {
+                let errno = i32::from_ne_bytes([record[1], record[2], record[3], record[4]]);
+                return Outcome::Failed {
+                    step: record[0],
+                    errno,
+                };
+            }
+        }
+        if marker {
+            Outcome::Exec
+        } else {
+            Outcome::KilledBeforeExec
+        }
     }
 }

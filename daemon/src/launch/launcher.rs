@@ -3,7 +3,7 @@
 
 use super::process::{self, READY};
 use super::wire::{self, Bytes, Method, Outcome, Reply, Request};
-use super::{LaunchError, LaunchSpec, Launched, Step};
+use super::{LaunchError, LaunchSpec, Launched, Step, child};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The daemon's own executable, which it runs as `spawnd launcher`. The link names the file the
 /// daemon was started from even when an upgrade has replaced it on disk since, so daemon and
@@ -253,7 +253,6 @@ impl Launcher {
             nofile,
             nofile_required: spec.nofile.is_some(),
             cgroup: spec.cgroup.is_some(),
-            timeout_ms: spec.timeout.as_millis().min(u64::MAX as u128) as u64,
             pause_before_exec: spec.pause_before_exec,
             program: Bytes(&spec.program),
             home: Bytes(&spec.home),
@@ -275,7 +274,8 @@ impl Launcher {
         Ok(packet)
     }
 
-    /// Reads the launcher's answers about one launch, watching the launcher's own life.
+    /// Waits for the launcher's answer about one launch (watching the launcher's own life),
+    /// then for the child's exec on its report pipe, killing it at the spec's timeout.
     fn await_outcome(
         &self,
         spec: &LaunchSpec,
@@ -284,71 +284,69 @@ impl Launcher {
         generation: u64,
     ) -> Result<Launched, LaunchError> {
         let user = &spec.summary.user;
-        let deadline = std::time::Instant::now() + spec.timeout + REPLY_MARGIN;
-        let mut child: Option<(i32, OwnedFd)> = None;
-        loop {
-            match wait_reply(reply, launcher, deadline) {
-                Waited::Reply => {}
-                Waited::LauncherExited => {
-                    self.failed(generation, "exited with launches in flight");
-                    abandon(child);
-                    return Err(LaunchError::Launcher {
-                        user: user.clone(),
-                        why: "exited while it was starting this server".into(),
-                    });
-                }
-                Waited::TimedOut => {
-                    let why = format!(
-                        "did not answer within {} s",
-                        (spec.timeout + REPLY_MARGIN).as_secs()
-                    );
-                    self.failed(generation, &why);
-                    abandon(child);
-                    return Err(LaunchError::Launcher {
-                        user: user.clone(),
-                        why,
-                    });
-                }
+        let sent = Instant::now();
+        let broken = |why: String| {
+            self.failed(generation, &why);
+            LaunchError::Launcher {
+                user: user.clone(),
+                why,
             }
-            let (message, fd) = match recv(reply) {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    // End of file: the launcher dropped this launch, which only a failing
-                    // launcher does. Whatever it created must not run.
-                    self.failed(generation, "exited or dropped a launch in flight");
-                    abandon(child);
-                    return Err(LaunchError::Launcher {
-                        user: user.clone(),
-                        why: "exited while it was starting this server".into(),
-                    });
-                }
-                Err(e) => {
-                    let why = format!("sent an answer that could not be read ({e})");
-                    self.failed(generation, &why);
-                    abandon(child);
-                    return Err(LaunchError::Launcher {
-                        user: user.clone(),
-                        why,
-                    });
-                }
-            };
-            match (message, fd, &child) {
-                (Reply::Cloned { pid, method }, Some(pidfd), None) => {
-                    note(method, spec.cgroup.is_some());
-                    child = Some((pid, pidfd));
-                }
-                (Reply::Done(outcome), None, _) => return finish(outcome, child, spec),
-                (other, _, _) => {
-                    let why = format!("broke the protocol ({other:?})");
-                    self.failed(generation, &why);
-                    abandon(child);
-                    return Err(LaunchError::Launcher {
-                        user: user.clone(),
-                        why,
-                    });
-                }
+        };
+        match wait_reply(reply, launcher, sent + REPLY_MARGIN) {
+            Waited::Reply => {}
+            Waited::LauncherExited => {
+                return Err(broken("exited while it was starting this server".into()));
+            }
+            Waited::TimedOut => {
+                return Err(broken(format!(
+                    "did not answer within {} s",
+                    REPLY_MARGIN.as_secs()
+                )));
             }
         }
+        let (message, mut fds) = match recv(reply) {
+            Ok(Some(m)) => m,
+            // End of file: the launcher dropped this launch, which only a failing one does.
+            Ok(None) => return Err(broken("exited while it was starting this server".into())),
+            Err(e) => {
+                return Err(broken(format!(
+                    "sent an answer that could not be read ({e})"
+                )));
+            }
+        };
+        let (pid, method) = match (message, fds.len()) {
+            (Reply::Cloned { pid, method }, wire::CLONED_FDS) => (pid, method),
+            (Reply::Done(outcome), 0) => return finish(outcome, None, spec),
+            (other, _) => {
+                // A child it may have created goes with the descriptors dropped here.
+                return Err(broken(format!("broke the protocol ({other:?})")));
+            }
+        };
+        let report = fds.pop().expect("two descriptors");
+        let pidfd = fds.pop().expect("two descriptors");
+        note(method, spec.cgroup.is_some());
+        // From here on the child is the daemon's to watch: it goes on (the launcher let it
+        // once this answer was sent) and ends its report pipe by exec or death.
+        let deadline = sent + spec.timeout;
+        let mut records = child::Report::default();
+        let outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if readable(report.as_fd(), left) {
+                match records.read(report.as_fd()) {
+                    child::Reading::Finished(outcome) => break outcome,
+                    child::Reading::Pending => continue,
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                // A child stopped after it reported a failed step: that step is the news.
+                break match records.outcome() {
+                    failed @ Outcome::Failed { .. } => failed,
+                    _ => Outcome::TimedOut,
+                };
+            }
+        };
+        finish(outcome, Some((pid, pidfd)), spec)
     }
 }
 
@@ -628,14 +626,14 @@ fn is_disconnected(e: &io::Error) -> bool {
     )
 }
 
-/// Receives one reply and the descriptor it carries; `None` at end of file.
-fn recv(reply: BorrowedFd<'_>) -> io::Result<Option<(Reply, Option<OwnedFd>)>> {
+/// Receives one reply and the descriptors it carries; `None` at end of file.
+fn recv(reply: BorrowedFd<'_>) -> io::Result<Option<(Reply, Vec<OwnedFd>)>> {
     let mut buf = [0u8; wire::MAX_REPLY];
-    let mut received = wire::recv::<1>(reply, &mut buf)?;
+    let received = wire::recv::<{ wire::CLONED_FDS }>(reply, &mut buf)?;
     if received.is_end() {
         return Ok(None);
     }
-    if received.truncated || received.fds.len() > 1 {
+    if received.truncated {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "an oversized answer",
@@ -643,7 +641,7 @@ fn recv(reply: BorrowedFd<'_>) -> io::Result<Option<(Reply, Option<OwnedFd>)>> {
     }
     let reply = wire::decode_reply(&buf[..received.len])
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(Some((reply, received.fds.pop())))
+    Ok(Some((reply, received.fds)))
 }
 
 /// Logs the way servers are created the first time it is used (and whenever it changes).

@@ -42,6 +42,7 @@ pub enum Step {
     Exec = 10,
     Keyring = 11,
     Limits = 12,
+    Handover = 13,
 }
 
 impl Step {
@@ -49,7 +50,7 @@ impl Step {
         use Step::*;
         [
             Signals, Cgroup, Setsid, Setgroups, Setgid, Setuid, RegainRoot, Chdir, Stdio, Exec,
-            Keyring, Limits,
+            Keyring, Limits, Handover,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -189,6 +190,10 @@ fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
             "refusing to run the server of {user}: it could not get a session keyring of its \
              own ({err}), and it must not share the daemon's with other users' servers"
         ),
+        Step::Handover => format!(
+            "could not start the server of {user}: spawnd's launcher process exited before it \
+             handed the new process over, which then ended; it has been replaced: start again"
+        ),
         Step::Signals | Step::Setsid | Step::Stdio => {
             format!("could not set up the server process of {user} at {step}: {err}")
         }
@@ -222,6 +227,7 @@ impl fmt::Display for Step {
             Step::Stdio => "standard streams",
             Step::Exec => "exec",
             Step::Keyring => "session keyring",
+            Step::Handover => "hand-over",
             Step::Limits => "resource limits",
         };
         f.write_str(s)

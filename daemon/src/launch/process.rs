@@ -12,16 +12,16 @@
 //! child gets pointers into the received packet, and the launcher clears the packet as soon as
 //! the child exists, so it never holds more than the request in hand.
 //!
-//! Launches run side by side: the launcher does not wait for one child's exec before creating
-//! the next, and a child that stalls (a home directory on a file system that hangs, a user who
-//! stops it) delays nothing else and is killed after the request's timeout.
+//! The launcher never waits for a child: it hands the daemon the child's pidfd and the read end
+//! of its report pipe, and the daemon watches the set-up (and kills a child that does not get to
+//! its exec in time). So a child that stalls (a home directory on a file system that hangs, a
+//! user who stops it) delays no other launch.
 
-use super::child::{self, ChildSpec, EXEC_MARKER, RECORD};
+use super::child::{self, ChildSpec};
 use super::wire::{self, Method, Outcome, Reply, Request};
 use std::ffi::c_char;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
 
 /// The channel's descriptor in the launcher (the daemon puts it there before exec).
 pub const CHANNEL_FD: RawFd = 3;
@@ -110,93 +110,10 @@ fn prepare_descriptors() -> io::Result<()> {
     Ok(())
 }
 
-/// One launch whose child has not finished its set-up.
-#[derive(Debug)]
-struct Flight {
-    reply: OwnedFd,
-    child: Child,
-}
-
-/// A child that exists and has not finished its set-up.
-#[derive(Debug)]
-struct Child {
-    pidfd: OwnedFd,
-    /// The read end of the report pipe (non-blocking).
-    report: OwnedFd,
-    deadline: Instant,
-    records: [u8; 2 * RECORD],
-    got: usize,
-}
-
-enum Read {
-    Pending,
-    Finished(Outcome),
-}
-
-impl Child {
-    /// Reads what the child wrote; at end of file, how the launch ended.
-    fn read(&mut self) -> Read {
-        // Only end of file ends a launch: the child may still be alive after its last record
-        // (stopped between a failed exec's report and its exit), and it stays under the
-        // deadline until it is gone.
-        let mut scratch = [0u8; RECORD];
-        loop {
-            let space: &mut [u8] = if self.got < self.records.len() {
-                &mut self.records[self.got..]
-            } else {
-                // More than the child ever writes: keep the first records, drain the rest.
-                &mut scratch
-            };
-            // SAFETY: reads into a buffer of ours, for its length.
-            let n = unsafe {
-                libc::read(
-                    self.report.as_raw_fd(),
-                    space.as_mut_ptr().cast(),
-                    space.len(),
-                )
-            };
-            if n > 0 {
-                self.got = (self.got + n as usize).min(self.records.len());
-                continue;
-            }
-            if n == 0 {
-                return Read::Finished(self.outcome());
-            }
-            match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Read::Pending,
-                // Cannot happen on a pipe we own; the child's fate is unknown: treat as killed.
-                _ => return Read::Finished(Outcome::KilledBeforeExec),
-            }
-        }
-    }
-
-    fn outcome(&self) -> Outcome {
-        let mut marker = false;
-        for record in self.records[..self.got].chunks_exact(RECORD) {
-            if record[0] == EXEC_MARKER {
-                marker = true;
-            } else {
-                let errno = i32::from_ne_bytes([record[1], record[2], record[3], record[4]]);
-                return Outcome::Failed {
-                    step: record[0],
-                    errno,
-                };
-            }
-        }
-        if marker {
-            Outcome::Exec
-        } else {
-            Outcome::KilledBeforeExec
-        }
-    }
-}
-
 struct Launcher {
     channel: OwnedFd,
     /// The packet being handled; cleared once its child exists.
     packet: Vec<u8>,
-    flights: Vec<Flight>,
 }
 
 impl Launcher {
@@ -204,77 +121,15 @@ impl Launcher {
         Launcher {
             channel,
             packet: vec![0u8; wire::MAX_REQUEST],
-            flights: Vec::new(),
         }
     }
 
+    /// Handles requests one at a time until the daemon closes the channel. Each takes a clone
+    /// and two messages: the launcher never waits for a child, so a child that stalls delays
+    /// nothing (the daemon watches it through the pidfd and report pipe it receives).
     fn serve(mut self) -> Result<(), LauncherError> {
-        loop {
-            self.expire(Instant::now());
-            let timeout = self
-                .flights
-                .iter()
-                .map(|f| f.child.deadline.saturating_duration_since(Instant::now()))
-                .min()
-                .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
-            let mut pollfds: Vec<libc::pollfd> = std::iter::once(self.channel.as_raw_fd())
-                .chain(self.flights.iter().map(|f| f.child.report.as_raw_fd()))
-                .map(|fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            // SAFETY: a valid array of pollfd for its length.
-            let n =
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(LauncherError::Io {
-                    what: "poll",
-                    source: e,
-                });
-            }
-            // Reports first: their indices are those of the flights at poll time.
-            for i in (0..self.flights.len()).rev() {
-                if pollfds[i + 1].revents != 0
-                    && let Read::Finished(outcome) = self.flights[i].child.read()
-                {
-                    let flight = self.flights.swap_remove(i);
-                    let _ = send_reply(flight.reply.as_fd(), Reply::Done(outcome), None);
-                }
-            }
-            if pollfds[0].revents != 0 && !self.receive()? {
-                // The daemon closed the channel: it is gone or stopping.
-                return Ok(());
-            }
-        }
-    }
-
-    /// Kills the children that are past their deadline.
-    fn expire(&mut self, now: Instant) {
-        for i in (0..self.flights.len()).rev() {
-            let child = &mut self.flights[i].child;
-            if child.deadline > now {
-                continue;
-            }
-            let outcome = match child.read() {
-                Read::Finished(outcome) => outcome,
-                Read::Pending => {
-                    let _ = crate::sys::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
-                    // A child stopped after it reported a failed step: that step is the news.
-                    match child.outcome() {
-                        failed @ Outcome::Failed { .. } => failed,
-                        _ => Outcome::TimedOut,
-                    }
-                }
-            };
-            let flight = self.flights.swap_remove(i);
-            let _ = send_reply(flight.reply.as_fd(), Reply::Done(outcome), None);
-        }
+        while self.receive()? {}
+        Ok(())
     }
 
     /// Receives and handles one request; false at end of file.
@@ -309,18 +164,15 @@ impl Launcher {
         // The log and the cgroup directory are the child's now (or of no use): close them
         // before answering, so that the daemon never sees them open after the launch.
         drop(rest);
-        match outcome {
-            Ok(child) => self.flights.push(Flight { reply, child }),
-            Err(outcome) => {
-                let _ = send_reply(reply.as_fd(), Reply::Done(outcome), None);
-            }
+        if let Err(outcome) = outcome {
+            let _ = send_reply(reply.as_fd(), Reply::Done(outcome), &[]);
         }
         Ok(true)
     }
 
-    /// Creates the child for the request in `packet[..len]`, and tells the daemon its pid and
-    /// pidfd on `reply`.
-    fn start(&self, len: usize, reply: BorrowedFd<'_>, fds: &[OwnedFd]) -> Result<Child, Outcome> {
+    /// Creates the child for the request in `packet[..len]`, hands the daemon its pid, its
+    /// pidfd and the read end of its report pipe on `reply`, then lets the child go on.
+    fn start(&self, len: usize, reply: BorrowedFd<'_>, fds: &[OwnedFd]) -> Result<(), Outcome> {
         let request = wire::decode_request(&self.packet[..len]).map_err(|_| Outcome::Invalid)?;
         let (log, cgroup) = match (fds, request.cgroup) {
             ([log], false) => (log, None),
@@ -369,7 +221,12 @@ impl Launcher {
         drop(go_read);
         // The child waits (still root, holding nothing but its own descriptors) until the
         // daemon has its pidfd: a child the daemon does not know of never becomes the user.
-        if send_reply(reply, Reply::Cloned { pid, method }, Some(pidfd.as_fd())).is_ok() {
+        let handed = send_reply(
+            reply,
+            Reply::Cloned { pid, method },
+            &[pidfd.as_raw_fd(), report_read.as_raw_fd()],
+        );
+        if handed.is_ok() {
             // SAFETY: write(2) of one byte from a local to the pipe we own.
             unsafe { libc::write(go_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         } else {
@@ -377,13 +234,7 @@ impl Launcher {
             let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         }
         drop(go_write);
-        Ok(Child {
-            pidfd,
-            report: report_read,
-            deadline: Instant::now() + Duration::from_millis(request.timeout_ms),
-            records: [0; 2 * RECORD],
-            got: 0,
-        })
+        Ok(())
     }
 }
 
@@ -518,9 +369,8 @@ fn spawn(
     Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }, Method::Clone))
 }
 
-fn send_reply(socket: BorrowedFd<'_>, reply: Reply, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+fn send_reply(socket: BorrowedFd<'_>, reply: Reply, fds: &[RawFd]) -> io::Result<()> {
     let mut buf = [0u8; wire::MAX_REPLY];
     let bytes = postcard::to_slice(&reply, &mut buf).map_err(io::Error::other)?;
-    let fds: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
-    wire::send(socket, bytes, &fds)
+    wire::send(socket, bytes, fds)
 }

@@ -4,10 +4,9 @@
 //! The daemon sends one [`Request`] per server on the launcher's channel, with these
 //! descriptors in this order: a reply socket of its own for this launch, the server's log file,
 //! and (when [`Request::cgroup`] is set) the server's cgroup directory. The launcher answers on
-//! the reply socket only: [`Reply::Cloned`] with the new process's pidfd as soon as the process
-//! exists, then [`Reply::Done`] once it has executed its program or failed; or `Done` alone
-//! when no process could be created. Each launch has its own reply socket, so answers never
-//! interleave and a launcher that dies is seen by every launch it had in flight (end of file).
+//! the reply socket with one message: [`Reply::Cloned`] with the new process's pidfd and the
+//! read end of its report pipe (the daemon then watches the set-up itself), or [`Reply::Done`]
+//! when no process could be created.
 //!
 //! Strings travel as raw bytes that the daemon terminates with a NUL byte, so that the launcher
 //! hands the child pointers into the packet it received: it copies no request data to its heap,
@@ -29,6 +28,9 @@ pub const MAX_REQUEST: usize = 192 * 1024;
 
 /// The most descriptors a request carries: reply socket, log, cgroup directory.
 pub const MAX_REQUEST_FDS: usize = 3;
+
+/// The descriptors a [`Reply::Cloned`] carries: the pidfd and the report pipe's read end.
+pub const CLONED_FDS: usize = 2;
 
 /// Bytes borrowed from the received packet (postcard's byte string: a length, then the bytes).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -92,8 +94,6 @@ pub struct Request<'a> {
     pub nofile_required: bool,
     /// A cgroup directory descriptor follows the log's: the child is created inside it.
     pub cgroup: bool,
-    /// A child that has not executed its program after this long is killed.
-    pub timeout_ms: u64,
     /// Tests only: the child stops itself right before exec, as a user's SIGSTOP could. The
     /// daemon's start path never sets it.
     pub pause_before_exec: bool,
@@ -120,13 +120,14 @@ pub enum Method {
 /// What the launcher says about one launch, on its reply socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// The process exists (a child of the daemon); its pidfd comes with this message.
+    /// The process exists (a child of the daemon); its pidfd and the read end of its report
+    /// pipe come with this message. It goes on with its set-up once this is sent.
     Cloned { pid: i32, method: Method },
-    /// The last word on this launch.
+    /// No process was created ([`Outcome::CloneFailed`] or [`Outcome::Invalid`]).
     Done(Outcome),
 }
 
-/// How a launch ended.
+/// How a launch ended (the last three as the daemon reads them from the report pipe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The program was executed: the server runs.
@@ -258,7 +259,6 @@ mod tests {
             nofile: Some((1024, 4096)),
             nofile_required: false,
             cgroup: true,
-            timeout_ms: 30_000,
             pause_before_exec: false,
             program: Bytes(b"/bin/true\0"),
             home: Bytes(b"/home/a\0"),
