@@ -163,17 +163,24 @@ pub fn file_id(file: &impl AsFd) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Cuts a running server's log past `max` (see [`cut`]), looking at it by path first (a stat,
-/// no descriptor held between checks): only while the file under `path` is still the one the
-/// server was started with (`id` from [`file_id`]), a plain root-owned file.
+/// Whether the log at `path` is still the server's (`id` from [`file_id`]) and past `max` (its
+/// size, or the space it holds): a stat, no descriptor.
+pub fn is_over(path: &Path, id: (u64, u64), max: u64) -> bool {
+    nix::sys::stat::lstat(path).is_ok_and(|st| {
+        (st.st_dev, st.st_ino) == id && (st.st_size as u64 > max || allocated(&st) > max)
+    })
+}
+
+fn allocated(st: &nix::sys::stat::FileStat) -> u64 {
+    (st.st_blocks as u64).saturating_mul(512)
+}
+
+/// Cuts a running server's log past `max` (see [`cut`]): only while the file under `path` is
+/// still the one the server was started with (`id` from [`file_id`]) and a regular root-owned
+/// file. Its link count does not matter here: a second name for it (possible only where
+/// `fs.protected_hardlinks` is off) must not exempt it from the limit.
 pub fn cut_if_over(path: &Path, id: (u64, u64), max: u64) -> io::Result<Option<Cut>> {
-    let st = match nix::sys::stat::lstat(path) {
-        Ok(st) => st,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(errno_io(e)),
-    };
-    let allocated = (st.st_blocks as u64).saturating_mul(512);
-    if (st.st_dev, st.st_ino) != id || (st.st_size as u64 <= max && allocated <= max) {
+    if !is_over(path, id, max) {
         return Ok(None);
     }
     let file = nix::fcntl::open(
@@ -182,8 +189,9 @@ pub fn cut_if_over(path: &Path, id: (u64, u64), max: u64) -> io::Result<Option<C
         Mode::empty(),
     )
     .map_err(errno_io)?;
-    let st = check_plain_file(&file, path)?;
-    if (st.st_dev, st.st_ino) != id || st.st_uid != 0 {
+    let st = fstat(&file).map_err(errno_io)?;
+    if (st.st_dev, st.st_ino) != id || st.st_uid != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG
+    {
         return Ok(None);
     }
     cut(&file, max)
@@ -209,33 +217,36 @@ pub enum Cut {
 pub fn cut(file: &OwnedFd, max: u64) -> io::Result<Option<Cut>> {
     let st = fstat(file).map_err(errno_io)?;
     let size = st.st_size as u64;
-    let allocated = (st.st_blocks as u64).saturating_mul(512);
-    if size <= max && allocated <= max {
+    let held = allocated(&st);
+    if size <= max && held <= max {
         return Ok(None);
     }
-    if allocated > size {
-        // Truncating to the same size frees what lies past the end on ext4; elsewhere punch
-        // it out. (Bytes the server appends meanwhile may be lost: only a log that holds more
-        // space than its size allows, which no plain writer makes, is touched.)
+    let block = nix::sys::statfs::fstatfs(file)
+        .map_err(errno_io)?
+        .block_size()
+        .max(1) as u64;
+    // Space held past the end beyond what block rounding and a file system's own
+    // preallocation make (which no plain writer exceeds by half of `max`): a server allocated it
+    // through its descriptor (fallocate with FALLOC_FL_KEEP_SIZE). Truncating to the same size
+    // frees it on ext4; elsewhere it is punched out. Bytes that server appends meanwhile may be
+    // lost: it is the server's own log, and only its own doing leads here.
+    let preallocated = held_past_end(size, held, block, max);
+    if preallocated {
         nix::unistd::ftruncate(file, size as libc::off_t).map_err(errno_io)?;
         match nix::fcntl::fallocate(
             file,
             nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
                 | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
             size as libc::off_t,
-            allocated.min(i64::MAX as u64 - size) as libc::off_t,
+            held.min(i64::MAX as u64 - size) as libc::off_t,
         ) {
             Ok(()) | Err(Errno::EOPNOTSUPP | Errno::EFBIG | Errno::EINVAL) => {}
             Err(e) => return Err(errno_io(e)),
         }
     }
     if size <= max {
-        return Ok(Some(Cut::Unallocated(allocated.saturating_sub(size))));
+        return Ok(preallocated.then(|| Cut::Unallocated(held.saturating_sub(size))));
     }
-    let block = nix::sys::statfs::fstatfs(file)
-        .map_err(errno_io)?
-        .block_size()
-        .max(1) as u64;
     // Whole blocks only, and never the file's end (the collapse must leave data behind it).
     let remove = (size - max / 2) / block * block;
     let done = if remove > 0 {
@@ -262,6 +273,13 @@ pub fn cut(file: &OwnedFd, max: u64) -> io::Result<Option<Cut>> {
     // SAFETY: write(2) of a local buffer to a descriptor we own (O_APPEND: at the end).
     unsafe { libc::write(file.as_raw_fd(), line.as_ptr().cast(), line.len()) };
     Ok(Some(done))
+}
+
+/// Whether a log of `size` bytes holding `held` bytes of disk (blocks of `block` bytes) holds
+/// space past its end that a server allocated on purpose: more than `max` in all, and more than
+/// half of `max` beyond what block rounding (and a file system's own preallocation) makes.
+fn held_past_end(size: u64, held: u64, block: u64, max: u64) -> bool {
+    held > max && held > size.div_ceil(block) * block + max / 2
 }
 
 fn truncate(file: &OwnedFd, size: u64) -> io::Result<Cut> {
@@ -308,6 +326,21 @@ pub fn tail(path: &Path, lines: usize, max_bytes: u64) -> io::Result<(Vec<String
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn only_space_a_server_allocated_on_purpose_is_taken_back() {
+        const K: u64 = 1024;
+        const M: u64 = 1024 * K;
+        // Block rounding of plain logs, small and past the limit: never.
+        assert!(!held_past_end(5 * M + 6, 5 * M + 4 * K, 4 * K, M));
+        assert!(!held_past_end(M - 1, M, 4 * K, M));
+        assert!(!held_past_end(0, 0, 4 * K, M));
+        // A file system's own preallocation below half of the limit: never.
+        assert!(!held_past_end(5 * M, 5 * M + 256 * K, 4 * K, M));
+        // fallocate(FALLOC_FL_KEEP_SIZE) of 256 MiB behind a short log, or behind a long one.
+        assert!(held_past_end(135, 256 * M, 4 * K, M));
+        assert!(held_past_end(5 * M, 261 * M, 4 * K, M));
+    }
 
     #[test]
     fn stems() {

@@ -120,7 +120,7 @@ fn run(config_path: &Path) -> Result<()> {
         .thread_name("spawnd")
         .build()
         .context("could not start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         // Signal handlers first: a SIGHUP or SIGTERM during start-up must not kill the daemon.
         let signals = Signals::install()?;
         if let TreeMode::ProcessGroup { reason } = &tree {
@@ -166,7 +166,11 @@ fn run(config_path: &Path) -> Result<()> {
         notify(&[NotifyState::Ready]);
         tokio::spawn(report_to_systemd(daemon.clone()));
         signals.run(daemon, source).await
-    })
+    });
+    // Blocking work still running (a log cut stuck on a file system that hangs) must not hold
+    // the daemon's exit: the state is flushed by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 fn open_standard_descriptors() {

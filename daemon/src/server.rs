@@ -95,6 +95,12 @@ impl Drop for Refusal {
 
 type Reply = Result<Response, ErrorReply>;
 
+fn lock_set(
+    set: &Mutex<std::collections::HashSet<ServerId>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashSet<ServerId>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How often the logs of running servers are checked against `log_max_size`.
 const LOG_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -203,6 +209,11 @@ impl Daemon {
     /// without end would fill the log file system. It may overshoot by what the server writes
     /// between two checks.
     pub async fn watch_log_sizes(self: Arc<Self>) {
+        // One look at every log per check (a stat each), and each cut on a thread of its own:
+        // a cut that hangs (a write to the log stuck on a file system that hangs holds the
+        // file's lock) holds up neither the other logs nor the next checks.
+        let scanning = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cutting: Arc<Mutex<std::collections::HashSet<ServerId>>> = Arc::default();
         let mut tick = tokio::time::interval(LOG_CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -211,22 +222,38 @@ impl Daemon {
                 continue;
             };
             let running = self.supervisor.running_logs();
-            if running.is_empty() {
+            if running.is_empty() || scanning.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 continue;
             }
-            let _ = tokio::task::spawn_blocking(move || {
+            let (scanning, cutting) = (scanning.clone(), cutting.clone());
+            tokio::task::spawn_blocking(move || {
                 for (id, path, file) in running {
-                    match logs::cut_if_over(&path, file, max) {
-                        Ok(Some(cut)) => tracing::warn!(
-                            server = %id,
-                            "its log passed log_max_size ({max} bytes) and was cut: {cut:?}"
-                        ),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(server = %id, "could not cut its log: {e}"),
+                    if !logs::is_over(&path, file, max) {
+                        continue;
                     }
+                    if !lock_set(&cutting).insert(id.clone()) {
+                        tracing::warn!(
+                            server = %id,
+                            "its log is past log_max_size, but the last cut of it has not \
+                             returned (its file system is slow or hangs); not cut again meanwhile"
+                        );
+                        continue;
+                    }
+                    let cutting = cutting.clone();
+                    tokio::runtime::Handle::current().spawn_blocking(move || {
+                        match logs::cut_if_over(&path, file, max) {
+                            Ok(Some(cut)) => tracing::warn!(
+                                server = %id,
+                                "its log passed log_max_size ({max} bytes) and was cut: {cut:?}"
+                            ),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(server = %id, "could not cut its log: {e}"),
+                        }
+                        lock_set(&cutting).remove(&id);
+                    });
                 }
-            })
-            .await;
+                scanning.store(false, std::sync::atomic::Ordering::Release);
+            });
         }
     }
 

@@ -719,3 +719,34 @@ async fn space_allocated_past_a_logs_end_counts_against_log_max_size() {
         .await
         .expect("stop");
 }
+
+/// A second name for a running server's log (a hard link, which its user can make only where
+/// `fs.protected_hardlinks` is off) does not exempt the log from `log_max_size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_with_a_second_name_is_still_cut() {
+    require_root!();
+    let u = users();
+    let mut opts = options("log_max_size = \"1M\"");
+    opts.profiles.push(Profile::shell(
+        "late-chatty",
+        "sleep 1; head -c 3145728 /dev/zero | tr '\\0' x; echo; exec sleep 1000",
+    ));
+    let d = TestDaemon::start(opts);
+    let hub = d.hub_client().await;
+    let started = start(&hub, start_req(&u.a.name, "", "late-chatty")).await;
+    let log = PathBuf::from(&started.log_path);
+    std::fs::hard_link(&log, log.with_extension("second-name")).expect("link");
+    let cut = wait_for(Duration::from_secs(15), || {
+        let text = std::fs::read(&log).ok()?;
+        (text.len() <= 1 << 20 && text.windows(12).any(|w| w == b"log_max_size")).then_some(())
+    });
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(log.with_extension("second-name"));
+    assert!(
+        cut.is_some(),
+        "a log with two names was not cut: {size} bytes"
+    );
+    hub.stop(&sid(&u.a.name, ""), None, true)
+        .await
+        .expect("stop");
+}
