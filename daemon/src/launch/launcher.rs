@@ -285,8 +285,16 @@ impl Launcher {
     ) -> Result<Launched, LaunchError> {
         let user = &spec.summary.user;
         let sent = Instant::now();
+        // A launcher that fails is ended first; whatever it had handed over for this launch
+        // (an answer that came too late to be waited for) is then killed: a child the daemon
+        // does not watch must not run.
         let broken = |why: String| {
             self.failed(generation, &why);
+            if readable(reply, Duration::ZERO)
+                && let Ok(Some((_, fds))) = recv(reply)
+            {
+                kill_handed_over(fds);
+            }
             LaunchError::Launcher {
                 user: user.clone(),
                 why,
@@ -318,7 +326,7 @@ impl Launcher {
             (Reply::Cloned { pid, method }, wire::CLONED_FDS) => (pid, method),
             (Reply::Done(outcome), 0) => return finish(outcome, None, spec),
             (other, _) => {
-                // A child it may have created goes with the descriptors dropped here.
+                kill_handed_over(fds);
                 return Err(broken(format!("broke the protocol ({other:?})")));
             }
         };
@@ -473,6 +481,14 @@ fn finish(
                 why: "refused the launch as malformed (a bug in spawnd; please report it)".into(),
             })
         }
+    }
+}
+
+/// Kills the child whose pidfd comes first in a `Cloned` answer that will not be followed
+/// (a pidfd is the first descriptor of that answer; anything else ignores the signal).
+fn kill_handed_over(fds: Vec<OwnedFd>) {
+    if let Some(pidfd) = fds.into_iter().next() {
+        abandon(Some((0, pidfd)));
     }
 }
 
