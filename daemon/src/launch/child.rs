@@ -74,8 +74,9 @@ pub(super) struct ChildSpec<'a> {
 ///
 /// # Safety
 /// Must only be called in a child just created by a copying clone of the single-threaded
-/// launcher, with every descriptor of `spec` open and above [`REPORT_FD`], and descriptors
-/// 0 to [`REPORT_FD`] open (so that the ones opened here land above it).
+/// launcher, with every descriptor of `spec` (log, report and hand-over pipes) open and above
+/// [`REPORT_FD`], and descriptors 0 to [`REPORT_FD`] open (so that the ones opened here land
+/// above it).
 pub(super) unsafe fn setup(spec: &ChildSpec<'_>, cgroup_procs: Option<RawFd>) -> ! {
     // SAFETY: every call below is an async-signal-safe system call on data that was fully
     // prepared before the clone and is not modified here.

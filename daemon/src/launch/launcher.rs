@@ -6,7 +6,7 @@ use super::wire::{self, Bytes, Method, Outcome, Reply, Request};
 use super::{LaunchError, LaunchSpec, Launched, Step, child};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +24,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long sending a request to the launcher may block (a launcher that stops reading its
 /// channel is replaced).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a launch waits for the launcher's answers beyond the launch timeout itself.
+/// How long a launch waits for the launcher's answer (it answers as soon as the child exists).
 const REPLY_MARGIN: Duration = Duration::from_secs(10);
 
 /// The launcher process and the daemon's end of its channel.
@@ -181,62 +181,61 @@ impl Launcher {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| parent("socketpair", errno_io(e)))?;
-        set_timeout(
-            reply.as_fd(),
-            libc::SO_RCVTIMEO,
-            spec.timeout + REPLY_MARGIN,
-        )
-        .map_err(|e| parent("setsockopt", e))?;
         let mut fds = vec![theirs.as_raw_fd(), spec.log.as_raw_fd()];
         if let Some(dir) = &spec.cgroup {
             fds.push(dir.as_raw_fd());
         }
-        // A launcher found dead when sending is replaced and the launch sent again: it never
-        // reached the dead one, so nothing of it can be running.
-        let mut generation = 0;
-        let mut launcher_pidfd = None;
-        for attempt in 0..2 {
-            let (g, channel, pidfd) = self.channel(user)?;
-            generation = g;
-            launcher_pidfd = Some(pidfd);
-            match wire::send(channel.as_fd(), &packet, &fds) {
-                Ok(()) => break,
-                Err(e) if attempt == 0 && is_disconnected(&e) => {
-                    self.failed(generation, &format!("has closed its channel ({e})"));
-                }
+        let (generation, launcher) = self.send(user, &packet, &fds)?;
+        drop(theirs);
+        self.await_outcome(spec, reply.as_fd(), launcher.as_fd(), generation)
+    }
+
+    /// Sends a launch to the current launcher; returns its generation and pidfd. A launcher
+    /// found dead when sending is replaced and the launch sent again: it never reached the dead
+    /// one, so nothing of it can be running.
+    fn send(
+        &self,
+        user: &str,
+        packet: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(u64, Arc<OwnedFd>), LaunchError> {
+        let launcher_failed = |why: String| LaunchError::Launcher {
+            user: user.to_string(),
+            why,
+        };
+        let mut retried = false;
+        loop {
+            let (generation, channel, pidfd) = self.channel(user)?;
+            match wire::send(channel.as_fd(), packet, fds) {
+                Ok(()) => return Ok((generation, pidfd)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.failed(generation, "stopped reading its channel");
-                    return Err(LaunchError::Launcher {
-                        user: user.clone(),
-                        why: format!(
-                            "did not take the request within {} s",
-                            SEND_TIMEOUT.as_secs()
-                        ),
-                    });
+                    return Err(launcher_failed(format!(
+                        "did not take the request within {} s",
+                        SEND_TIMEOUT.as_secs()
+                    )));
                 }
                 Err(e) if is_disconnected(&e) => {
                     self.failed(generation, &format!("has closed its channel ({e})"));
-                    return Err(LaunchError::Launcher {
-                        user: user.clone(),
-                        why: format!("could not be sent the request ({e})"),
-                    });
+                    if retried {
+                        return Err(launcher_failed(format!(
+                            "could not be sent the request ({e})"
+                        )));
+                    }
+                    retried = true;
                 }
                 // This request's own trouble (EMSGSIZE where net.core.wmem_default is small,
                 // ENOBUFS): the launcher and the other launches are fine.
                 Err(e) => {
-                    return Err(parent(
-                        "sending the launch to the launcher (at most net.core.wmem_default \
-                         bytes of arguments and environment)",
-                        e,
-                    ));
+                    return Err(LaunchError::Parent {
+                        user: user.to_string(),
+                        what: "sending the launch to the launcher (at most \
+                               net.core.wmem_default bytes of arguments and environment)",
+                        source: e,
+                    });
                 }
             }
         }
-        drop(theirs);
-        let Some(launcher_pidfd) = launcher_pidfd else {
-            unreachable!("the loop above either sent the request or returned")
-        };
-        self.await_outcome(spec, reply.as_fd(), launcher_pidfd.as_fd(), generation)
     }
 
     fn encode(&self, spec: &LaunchSpec) -> io::Result<Vec<u8>> {
@@ -312,7 +311,7 @@ impl Launcher {
                 )));
             }
         }
-        let (message, mut fds) = match recv(reply) {
+        let (message, fds) = match recv(reply) {
             Ok(Some(m)) => m,
             // End of file: the launcher dropped this launch, which only a failing one does.
             Ok(None) => return Err(broken("exited while it was starting this server".into())),
@@ -330,8 +329,12 @@ impl Launcher {
                 return Err(broken(format!("broke the protocol ({other:?})")));
             }
         };
-        let report = fds.pop().expect("two descriptors");
-        let pidfd = fds.pop().expect("two descriptors");
+        let Ok([pidfd, report]) = <[OwnedFd; wire::CLONED_FDS]>::try_from(fds) else {
+            unreachable!(
+                "the match above took exactly {} descriptors",
+                wire::CLONED_FDS
+            )
+        };
         note(method, spec.cgroup.is_some());
         // From here on the child is the daemon's to watch: it goes on (the launcher let it
         // once this answer was sent) and ends its report pipe by exec or death.

@@ -137,7 +137,7 @@ pub enum Outcome {
     /// The child died before executing its program, without reporting a failed step: killed by
     /// a signal (its user's, or the OOM killer's).
     KilledBeforeExec,
-    /// The child had not executed its program after `timeout_ms` and was killed.
+    /// The child had not executed its program within the launch timeout and was killed.
     TimedOut,
     /// No process could be created (clone3/clone failed with this errno).
     CloneFailed { errno: i32 },
