@@ -14,12 +14,15 @@
 
 pub mod auth;
 pub mod config;
+pub mod errors;
 pub mod launch;
+pub mod log_limit;
 pub mod logging;
 pub mod logs;
 pub mod policy;
 pub mod privileges;
 pub mod server;
+pub mod start;
 pub mod state;
 pub mod supervisor;
 pub mod sys;

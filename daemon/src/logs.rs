@@ -6,7 +6,7 @@ use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
 use nix::unistd::{Gid, Group, Uid, fchown};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The file name used for a server: the server name, or `@default` for the default server
@@ -270,8 +270,8 @@ pub fn cut(file: &OwnedFd, max: u64) -> io::Result<Option<Cut>> {
         "[spawnd: this log passed log_max_size ({max} bytes): its oldest {removed} bytes were \
          removed]\n"
     );
-    // SAFETY: write(2) of a local buffer to a descriptor we own (O_APPEND: at the end).
-    unsafe { libc::write(file.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+    // O_APPEND: at the end. A note that cannot be written is no reason to fail the cut.
+    let _ = nix::unistd::write(file, line.as_bytes());
     Ok(Some(done))
 }
 
