@@ -269,3 +269,26 @@ pub fn systemd_listen_fd() -> Option<OwnedFd> {
     );
     Some(fd)
 }
+
+/// `struct clone_args` of clone3(2), up to the `cgroup` field (Linux 5.7). Used by the launcher
+/// and by the benchmark's bare spawns.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// clone(2) flags not (all) in libc's constants as u64.
+pub const CLONE_PARENT: u64 = 0x8000;
+pub const CLONE_PIDFD: u64 = 0x1000;
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
