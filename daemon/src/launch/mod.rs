@@ -61,7 +61,7 @@ impl Step {
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// The child reported a failed step.
-    #[error("{}", describe(*step, *errno, spec))]
+    #[error("{}", step_failure_message(*step, *errno, spec))]
     Child {
         step: Step,
         errno: i32,
@@ -125,7 +125,8 @@ pub struct SpecSummary {
     pub sets_nproc: bool,
 }
 
-fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
+/// The message of a failed set-up step: what failed, for whom, and what the operator can do.
+fn step_failure_message(step: Step, errno: i32, s: &SpecSummary) -> String {
     let err = io::Error::from_raw_os_error(errno);
     let user = &s.user;
     match step {
