@@ -865,6 +865,9 @@ impl Conn {
     }
 }
 
+/// Logs who asked for what and how it ended. The message itself says it all (`journalctl -u
+/// spawnd` shows only messages): "hub uid 993 pid 4711: start alice/gpu: ok", "user uid 1001
+/// pid 88: signal bob: refused (Unauthorized): ..."; the same facts are fields as well.
 fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
     let target = request
         .target()
@@ -873,7 +876,12 @@ fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
     let action = request.action();
     let (kind, outcome) = match reply {
         Ok(_) => (None, "ok".to_string()),
-        Err(e) => (Some(e.kind), format!("refused: {}", e.message)),
+        Err(e) => (Some(e.kind), format!("refused ({}): {}", e.kind, e.message)),
+    };
+    let what = if target.is_empty() {
+        action.to_string()
+    } else {
+        format!("{action} {target}")
     };
     macro_rules! audit_event {
         ($level:expr) => {
@@ -886,7 +894,9 @@ fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
                 action,
                 target,
                 kind = kind.map(tracing::field::display),
-                "{outcome}"
+                "{role} uid {} pid {}: {what}: {outcome}",
+                peer.uid,
+                peer.pid
             )
         };
     }
@@ -900,5 +910,84 @@ fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
         audit_event!(tracing::Level::INFO);
     } else {
         audit_event!(tracing::Level::DEBUG);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What [`audit`] writes for one request, formatted as the journal shows it (no fields).
+    fn audited(role: Role, request: &Request, reply: &Reply) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let peer = Peer {
+            uid: 993,
+            gid: 993,
+            pid: 4711,
+            groups: vec![],
+        };
+        tracing::subscriber::with_default(subscriber, || audit(&peer, role, request, reply));
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_audit_message_itself_says_who_did_what_and_how_it_ended() {
+        let signal = Request::Signal {
+            server: ServerId::new("alice", "gpu"),
+            instance: None,
+            signal: 9,
+        };
+        let line = audited(
+            Role::User,
+            &signal,
+            &Err(err(
+                ErrorKind::Unauthorized,
+                "uid 993 may only act on its own servers",
+            )),
+        );
+        assert!(
+            line.contains(
+                "user uid 993 pid 4711: signal alice/gpu: refused (Unauthorized): uid 993 may \
+                 only act on its own servers"
+            ) && line.contains(" INFO "),
+            "{line}"
+        );
+        let stop = Request::Stop {
+            server: ServerId::new("alice", ""),
+            instance: None,
+            now: false,
+        };
+        let stopped = Ok(Response::Stopped {
+            instance: 1,
+            exit: spawnd_protocol::ExitStatus::Code(0),
+        });
+        let line = audited(Role::Hub, &stop, &stopped);
+        assert!(
+            line.contains("hub uid 993 pid 4711: stop alice: ok") && line.contains(" INFO "),
+            "{line}"
+        );
+        // Successful reads are frequent: debug, not info.
+        let line = audited(Role::Admin, &Request::Status, &Ok(Response::Signalled));
+        assert!(
+            line.contains("admin uid 993 pid 4711: status: ok") && line.contains("DEBUG"),
+            "{line}"
+        );
     }
 }
