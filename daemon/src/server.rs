@@ -1,7 +1,7 @@
 //! The socket: admitting peers, reading requests, answering them, auditing every one.
 
 use crate::auth::{self, Peer, Role};
-use crate::config::{self, Config, Limits, Profile};
+use crate::config::{self, Config, ConnectionLimits, Profile};
 use crate::launch::{LaunchInput, LaunchSpec, Launcher};
 use crate::logs;
 use crate::policy::{self, Target};
@@ -264,7 +264,7 @@ impl Daemon {
         self: &Arc<Self>,
         peer: &Peer,
         role: Role,
-        limits: &Limits,
+        limits: &ConnectionLimits,
     ) -> Result<Admitted, String> {
         let user = role == Role::User;
         let mut c = self.connections();
@@ -841,7 +841,7 @@ struct Conn {
     socket: UnixSeqpacket,
     peer: Peer,
     role: Role,
-    limits: Limits,
+    limits: ConnectionLimits,
     flight: Mutex<Flight>,
     /// Woken whenever a request's answer has left, and when the connection is shut.
     changed: Notify,
@@ -911,7 +911,7 @@ impl Drop for Slot {
 }
 
 impl Conn {
-    fn new(socket: UnixSeqpacket, peer: Peer, role: Role, limits: Limits) -> Conn {
+    fn new(socket: UnixSeqpacket, peer: Peer, role: Role, limits: ConnectionLimits) -> Conn {
         Conn {
             socket,
             peer,
