@@ -13,7 +13,9 @@ use spawnd_protocol::env_name_is_valid;
 use toml::{Table, Value};
 
 use super::parse::{Got, Problems, take_string_array, type_name};
-use super::schema::DEFAULT_ENV_KEEP;
+
+/// Default for a profile's `env_keep`.
+pub const DEFAULT_ENV_KEEP: &[&str] = &["JUPYTERHUB_*", "JPY_*", "LANG", "LC_*", "TZ"];
 
 /// Variable names that start with one of these are never passed to a server.
 const FORBIDDEN_PREFIXES: &[&str] = &["LD_", "MALLOC_"];

@@ -12,10 +12,10 @@
 //! value ([`PathProblem`], [`ProgramProblem`]), never found out by looking again.
 //!
 //! The parts:
-//! - `schema`: the types, defaults and errors: what a valid configuration is;
+//! - `schema`: the types and defaults: what a valid configuration is;
 //! - `settings`: the top-level keys, read into a [`Config`];
 //! - `profile`: one `[profiles.NAME]` table, read into a [`Profile`];
-//! - `parse`: taking typed values out of TOML, collecting problems;
+//! - `parse`: taking typed values out of TOML, collecting [`Problem`]s;
 //! - `accounts`: user and group lookups through NSS;
 //! - `env`: the environment rules (forbidden names, `env_keep` patterns);
 //! - `rlimits`: the resource limits of a server;
@@ -37,7 +37,8 @@ mod rlimits;
 mod schema;
 mod settings;
 
-pub use env::env_forbidden;
+pub use env::{DEFAULT_ENV_KEEP, env_forbidden};
+pub use parse::{MAX_TIMEOUT_SECS, Problem};
 pub use paths::{PathError, PathProblem, check_config_file, check_private_dir};
 pub use program::{ProgramError, ProgramProblem, check_program};
 pub use rlimits::{Rlimit, UNLIMITED};

@@ -7,12 +7,30 @@
 //!
 //! Nothing here looks at the file system or at NSS.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::schema::{MAX_TIMEOUT_SECS, Problem};
+/// Largest accepted timeout, in seconds (the stop timeouts of a profile, the daemon's own).
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// One thing wrong with the configuration. Displays as `KEY: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The TOML key (`socket`, `profiles.default.command`), or `(syntax)` / `(file)`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
 
 /// The problems found so far, in the order found.
 #[derive(Debug, Default)]

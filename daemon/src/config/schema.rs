@@ -1,5 +1,5 @@
 //! What a valid configuration is: the [`Config`] and [`Profile`] types, the defaults and limits
-//! of every key, and the errors a configuration can have ([`Problem`], [`ConfigError`]).
+//! of every key, and [`ConfigError`], the problems of a configuration file.
 //!
 //! A value of these types is only ever made by `settings.rs` and `profile.rs` from a file
 //! without problems: the documentation of each field says what was checked.
@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::env::env_allowed;
+use super::parse::Problem;
 use super::rlimits::Rlimit;
 
 /// Where the configuration lives unless `--config` says otherwise.
@@ -35,8 +36,6 @@ pub const DEFAULT_MIN_UID: u32 = 1000;
 pub const DEFAULT_PROFILE: &str = "default";
 /// Default for a profile's `path`.
 pub const DEFAULT_SERVER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-/// Default for a profile's `env_keep`.
-pub const DEFAULT_ENV_KEEP: &[&str] = &["JUPYTERHUB_*", "JPY_*", "LANG", "LC_*", "TZ"];
 /// Default for a profile's `umask`.
 pub const DEFAULT_UMASK: u32 = 0o022;
 /// Default for a profile's `interrupt_timeout`.
@@ -45,8 +44,6 @@ pub const DEFAULT_INTERRUPT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TERM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for a profile's `kill_timeout`.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest accepted stop timeout, in seconds.
-pub const MAX_TIMEOUT_SECS: u64 = 3600;
 
 /// Default for `max_connections`: open connections at once, all peers together.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
@@ -198,22 +195,6 @@ pub struct Config {
     pub default_profile: String,
     pub profiles: BTreeMap<String, Profile>,
 }
-
-/// One thing wrong with the configuration. Displays as `KEY: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The TOML key (`socket`, `profiles.default.command`), or `(syntax)` / `(file)`.
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-impl std::error::Error for Problem {}
 
 /// Everything wrong with a configuration file. Displays one line per problem:
 /// `PATH: KEY: message`.
