@@ -1,7 +1,7 @@
 //! The socket: admitting peers, reading requests, answering them, auditing every one.
 
 use crate::auth::{self, Peer, Role, Scope};
-use crate::config::{Config, Limits};
+use crate::config::{Config, ConnectionLimits};
 use crate::launch::Launcher;
 use crate::logs;
 use crate::start::{self, Starter};
@@ -201,7 +201,7 @@ impl Daemon {
         self: &Arc<Self>,
         peer: &Peer,
         role: Role,
-        limits: &Limits,
+        limits: &ConnectionLimits,
     ) -> Result<Admitted, String> {
         let user = role == Role::User;
         let mut c = self.connections();
@@ -606,7 +606,7 @@ struct Conn {
     socket: UnixSeqpacket,
     peer: Peer,
     role: Role,
-    limits: Limits,
+    limits: ConnectionLimits,
     flight: Mutex<Flight>,
     /// Woken whenever a request's answer has left, and when the connection is shut.
     changed: Notify,
@@ -676,7 +676,7 @@ impl Drop for Slot {
 }
 
 impl Conn {
-    fn new(socket: UnixSeqpacket, peer: Peer, role: Role, limits: Limits) -> Conn {
+    fn new(socket: UnixSeqpacket, peer: Peer, role: Role, limits: ConnectionLimits) -> Conn {
         Conn {
             socket,
             peer,

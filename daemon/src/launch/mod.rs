@@ -271,7 +271,7 @@ pub struct LaunchInput<'a> {
     pub env: &'a [(String, String)],
     pub umask: u32,
     /// The profile's resource limits (soft = hard).
-    pub limits: &'a [(crate::config::Limit, u64)],
+    pub limits: &'a [(crate::config::Rlimit, u64)],
     /// Where stdout and stderr go.
     pub log: OwnedFd,
     /// The server's cgroup directory, if it has one: the process is created inside it.
@@ -318,7 +318,7 @@ impl LaunchSpec {
         let mut limits = Vec::new();
         let mut nofile = None;
         for &(limit, value) in input.limits {
-            if limit == crate::config::Limit::Nofile {
+            if limit == crate::config::Rlimit::Nofile {
                 nofile = Some(value);
             } else {
                 limits.push((limit.resource(), value));
@@ -358,7 +358,7 @@ impl LaunchSpec {
                 sets_nproc: input
                     .limits
                     .iter()
-                    .any(|(l, _)| *l == crate::config::Limit::Nproc),
+                    .any(|(l, _)| *l == crate::config::Rlimit::Nproc),
             },
         })
     }
