@@ -1,5 +1,6 @@
 //! End-to-end tests of spawnd: real users, the real daemon on a real socket, real uid changes.
-//! Each test starts its own daemon. They need root (else each prints `skipped: needs root`).
+//! Each test starts its own daemon. They need root: each is marked ignored (run them as root
+//! with `-- --include-ignored`), and fails with `needs root` if included without root.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -277,6 +278,7 @@ async fn check_started_server(d: &TestDaemon, hub: &Client, user: &TestUser, arg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn start_runs_server_as_the_user_in_a_clean_environment() {
     require_root!();
     let u = users();
@@ -333,6 +335,7 @@ fn expect_refused(d: &TestDaemon, user: &TestUser) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn peers_without_a_role_are_disconnected() {
     require_root!();
     let u = users();
@@ -398,6 +401,7 @@ async fn peers_without_a_role_are_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn self_service_user_manages_only_own_servers() {
     require_root!();
     let u = users();
@@ -458,6 +462,7 @@ async fn self_service_user_manages_only_own_servers() {
 // 3. start policy
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn start_policy_denials() {
     require_root!();
     let u = users();
@@ -536,6 +541,7 @@ async fn start_policy_denials() {
 // 4. poll and signal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn poll_reports_running_and_exit() {
     require_root!();
     let u = users();
@@ -682,6 +688,7 @@ async fn stop_setsid(hub: &Client, user: &TestUser, cgroup_mode: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn stop_escalates_and_kills_the_whole_tree() {
     require_root!();
     let u = users();
@@ -718,6 +725,7 @@ async fn stop_escalates_and_kills_the_whole_tree() {
 // 6. stale instances
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn stale_instance_is_not_found() {
     require_root!();
     let u = users();
@@ -790,6 +798,7 @@ fn send_bad(conn: &RawConn, what: &str, packet: &[u8]) -> Option<(u32, ErrorRepl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn malformed_packets_get_errors() {
     require_root!();
     let u = users();
@@ -916,6 +925,7 @@ async fn malformed_packets_get_errors() {
 // 8. spawnctl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn spawnctl_lists_shows_logs_and_stops() {
     require_root!();
     let u = users();
@@ -981,6 +991,7 @@ async fn spawnctl_lists_shows_logs_and_stops() {
 // 9. executable safety at config load
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn unsafe_profile_executable_is_refused() {
     require_root!();
     let dir = TestDir::new();

@@ -221,6 +221,7 @@ fn private_server(dir: &TestDir) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn check_config_names_a_missing_or_unexecutable_program() {
     require_root!();
     let dir = TestDir::new();
@@ -248,6 +249,7 @@ fn check_config_names_a_missing_or_unexecutable_program() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn executable_removed_or_made_unusable_after_load_fails_cleanly() {
     require_root!();
     let user = group_member("exe");
@@ -330,6 +332,7 @@ async fn executable_removed_or_made_unusable_after_load_fails_cleanly() {
 /// operator looking for the script. (A configuration naming it from the start is refused at
 /// load: here the interpreter goes away after the daemon loaded it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn missing_script_interpreter_is_named() {
     require_root!();
     let user = group_member("interp");
@@ -364,6 +367,7 @@ async fn missing_script_interpreter_is_named() {
 // 2. the user's home
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn missing_or_inaccessible_home_is_a_clear_error() {
     require_root!();
     let group = users().group.name.clone();
@@ -413,6 +417,7 @@ async fn missing_or_inaccessible_home_is_a_clear_error() {
 /// server's exit does (its instance cgroup, and the user's cgroup directory once it is empty):
 /// a hub retrying a failing start for many users must not leave a directory per user behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn failed_start_leaves_no_cgroup_directory() {
     require_root!();
     let group = users().group.name.clone();
@@ -445,6 +450,7 @@ async fn failed_start_leaves_no_cgroup_directory() {
 // 3. a server that exits at once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn server_that_exits_at_once_reports_its_status_and_output() {
     require_root!();
     let user = group_member("quick");
@@ -546,6 +552,7 @@ fn nproc_soft(pid: u32) -> String {
 /// the child itself is counted) and its execve fails with EAGAIN. The caller must learn that the user is at their process
 /// limit (not be told to check the file's permissions), and nothing may be left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn exhausted_process_limit_is_a_clear_error() {
     require_root!();
     let user = group_member("nproc");
@@ -595,6 +602,7 @@ async fn exhausted_process_limit_is_a_clear_error() {
 // 5. the state directory full or unwritable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn full_state_directory_fails_the_start_and_kills_the_server() {
     require_root!();
     let user = group_member("statefull");
@@ -637,6 +645,7 @@ async fn full_state_directory_fails_the_start_and_kills_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn unwritable_state_directory_fails_the_start_and_kills_the_server() {
     require_root!();
     let user = group_member("stateperm");
@@ -668,6 +677,7 @@ async fn unwritable_state_directory_fails_the_start_and_kills_the_server() {
 // 6. the log directory full or unwritable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn full_or_unwritable_log_directory_fails_the_start_cleanly() {
     require_root!();
     let user = group_member("logfull");
@@ -734,6 +744,7 @@ async fn full_or_unwritable_log_directory_fails_the_start_cleanly() {
 // 7. a user removed from the group while their server runs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn user_removed_from_the_group_keeps_the_server_but_cannot_start_another() {
     require_root!();
     let user = group_member("gone");
@@ -803,6 +814,7 @@ fn hard_limit(pid: u32, row: &str) -> Option<u64> {
 /// a limit the daemon cannot grant (it can only lower its own) fails the start, naming the
 /// limits, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn profile_limits_reach_the_server_or_fail_clearly() {
     require_root!();
     let user = group_member("lim");

@@ -1,7 +1,8 @@
 //! End-to-end tests of what the daemon checks about the program a profile runs beyond the
 //! command itself (security review, issue 11, items 5 and 6): the `#!` interpreter of a script,
 //! and the directory that directly holds the program. Real users, the real daemon on a real
-//! socket. They need root (else each prints `skipped: needs root`).
+//! socket. They need root: each is marked ignored (run them as root with
+//! `-- --include-ignored`), and fails with `needs root` if included without root.
 //!
 //! The attack: an outsider (a local user in none of spawnd's groups) owns a directory with a
 //! fake `python`; a root-owned script in a root-owned directory names it in its `#!` line. The
@@ -161,6 +162,7 @@ async fn start_and_stop(hub: &Client, user: &TestUser, attack: &Attack, marker: 
 /// check-config (and so the daemon's start and every reload) refuses a script whose `#!`
 /// interpreter another user controls, naming the interpreter.
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn check_config_refuses_an_interpreter_another_user_controls() {
     require_root!();
     let dir = TestDir::new();
@@ -229,6 +231,7 @@ fn check_config_refuses_an_interpreter_another_user_controls() {
 /// outsider's code never runs; a reload refuses it too. So is an interpreter whose directory
 /// becomes sticky and world-writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_start_refuses_an_interpreter_made_unsafe_after_load() {
     require_root!();
     let user = &users().a;
@@ -342,6 +345,7 @@ async fn a_start_refuses_an_interpreter_made_unsafe_after_load() {
 /// A program directly in a sticky world-writable directory is refused; two levels below one
 /// it is accepted.
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn check_config_refuses_a_program_directly_in_a_sticky_directory() {
     require_root!();
     let dir = TestDir::new();

@@ -9,6 +9,9 @@
 //!   --soak 10000` runs the full one): no zombie, no leaked descriptor, memory back near its
 //!   baseline, no record, temporary file or cgroup left.
 //!
+//! The tests with a daemon need root: they are marked ignored, so run them as root with
+//! `cargo test -p spawnd-tests --test robustness -- --include-ignored`.
+//!
 //! The load tests print their figures (`cargo test ... -- --nocapture` shows them) and take
 //! the `HEAVY` lock, so that they do not compete with each other for the two cores.
 
@@ -789,6 +792,7 @@ fn refused(conn: &RawConn, what: &str, packet: &[u8]) -> (u32, ErrorReply) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn hub_role_abuse_gets_typed_errors_and_runs_nothing() {
     require_root!();
     let u = users();
@@ -1092,6 +1096,7 @@ async fn hub_role_abuse_gets_typed_errors_and_runs_nothing() {
 const LECTURE_READY: &str = "lecture-ready";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_lecture_of_200_simultaneous_starts_then_200_stops() {
     require_root!();
     let _heavy = HEAVY.lock().await;
@@ -1286,6 +1291,7 @@ async fn request_round(
 /// connection grows by about 40 MiB after the warm-up (glibc reuses the freed buffers, and
 /// `calloc` then touches every page) and keeps creeping up to a plateau near 100 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_thousand_clients_times_100_requests_leave_no_growth() {
     require_root!();
     let _heavy = HEAVY.lock().await;
@@ -1475,6 +1481,7 @@ async fn soak_cycles(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn soak_start_stop_cycles_leak_nothing() {
     require_root!();
     let _heavy = HEAVY.lock().await;
