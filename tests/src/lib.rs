@@ -18,11 +18,14 @@
 //! - [`procfs`] reads what the kernel says about a process (ids, groups, fds, environment).
 //! - [`RawConn`] is a bare `SOCK_SEQPACKET` connection for sending malformed packets.
 //! - [`sid`], [`start_req`], [`start`] and [`expect_err`] build requests and check answers.
+//! - [`files_under`], [`dirs_under`], [`assert_says`], [`assert_no_servers_running`],
+//!   [`check_config`] and [`raise_fd_limit`]: checks shared by several test files.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`, then, as root,
 //! `cargo test -p spawnd-tests -- --include-ignored --test-threads=4` (one file alone:
 //! `cargo test -p spawnd-tests --test core -- --include-ignored`).
 
+mod checks;
 mod cmd;
 mod daemon;
 mod peer;
@@ -30,6 +33,9 @@ pub mod procfs;
 mod requests;
 mod users;
 
+pub use checks::{
+    assert_no_servers_running, assert_says, check_config, dirs_under, files_under, raise_fd_limit,
+};
 pub use cmd::{CmdOutput, run_with_timeout};
 pub use daemon::{
     DEFAULT_PROFILE_ENV, DaemonOptions, PROFILE_PATH, Profile, TestDaemon, TestDir, bin_path,
@@ -58,6 +64,19 @@ macro_rules! require_root {
             "needs root: this test creates users, runs the spawnd daemon and changes uids; run \
              it as root with `cargo test -p spawnd-tests -- --include-ignored`"
         );
+    };
+}
+
+/// Returns from the calling test (after printing why) unless the daemon `$d` got a per-server
+/// cgroup base (a writable cgroup v2 hierarchy). The test then counts as passed: the runner
+/// cannot mark a test ignored once it runs, so the printed line is what says it was skipped.
+#[macro_export]
+macro_rules! require_cgroup {
+    ($d:expr) => {
+        if $d.cgroup_base.is_none() {
+            eprintln!("skipped: needs a writable cgroup v2 hierarchy (/sys/fs/cgroup/unified)");
+            return;
+        }
     };
 }
 

@@ -11,8 +11,8 @@ use spawnd_protocol::{
 };
 use spawnd_tests::{
     DEFAULT_PROFILE_ENV, DaemonOptions, PROFILE_PATH, Profile, RawConn, RawRecv, TestDaemon,
-    TestDir, TestUser, bin_path, connect_as, expect_err, procfs, ready, require_root,
-    run_with_timeout, sid, start, start_req, users, wait_for, wait_for_async,
+    TestDir, TestUser, assert_no_servers_running, bin_path, connect_as, expect_err, procfs, ready,
+    require_root, run_with_timeout, sid, start, start_req, users, wait_for, wait_for_async,
 };
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -84,19 +84,6 @@ async fn wait_exited(client: &Client, server: &ServerId) -> ExitStatus {
     })
     .await;
     exit.unwrap_or_else(|| panic!("{server} still not exited after 5 s"))
-}
-
-#[track_caller]
-fn assert_no_servers_running(d: &TestDaemon) {
-    let children = procfs::servers_of(d.pid());
-    assert!(
-        children.is_empty(),
-        "the daemon has live children (servers) it should not have: {:?}",
-        children
-            .iter()
-            .map(|&p| (p, procfs::comm(p), procfs::status_ids(p, "Uid")))
-            .collect::<Vec<_>>()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

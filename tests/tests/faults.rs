@@ -8,11 +8,11 @@
 //! user" is exact even while the other tests of this file run beside it.
 
 use spawnd_client::{Client, ClientError};
-use spawnd_protocol::{ErrorKind, ErrorReply, ExitStatus, ServerState};
+use spawnd_protocol::{ErrorKind, ExitStatus, ServerState};
 use spawnd_tests::{
-    CmdOutput, DaemonOptions, Profile, TestDaemon, TestDir, TestUser, add_test_user, bin_path,
-    expect_err, procfs, remove_from_group, require_root, run_with_timeout, sid, start, start_req,
-    users, wait_for, wait_for_async,
+    DaemonOptions, Profile, TestDaemon, TestDir, TestUser, add_test_user, assert_says,
+    check_config, expect_err, files_under, procfs, remove_from_group, require_root,
+    run_with_timeout, sid, start, start_req, users, wait_for, wait_for_async,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,35 +37,6 @@ fn options(profiles: Vec<Profile>, default: &str) -> DaemonOptions {
 /// A member of the notebook group with a home of its own.
 fn group_member(tag: &str) -> TestUser {
     add_test_user(tag, &["-m", "-G", &users().group.name])
-}
-
-#[track_caller]
-fn assert_says(reply: &ErrorReply, words: &[&str]) {
-    eprintln!("the caller was told: {}: {}", reply.kind, reply.message);
-    for w in words {
-        assert!(
-            reply.message.contains(w),
-            "the {} message should say {w:?}: {:?}",
-            reply.kind,
-            reply.message
-        );
-    }
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// The per-server cgroups of `user` (any server, any instance) under the daemon's base.
@@ -130,12 +101,6 @@ async fn assert_left_nothing(
         "a failed start is listed: {listed:?}"
     );
     admin.status().await.expect("the daemon keeps serving");
-}
-
-fn check_config(config: &Path) -> CmdOutput {
-    let mut cmd = Command::new(bin_path("spawnd", "SPAWND_BIN"));
-    cmd.arg("check-config").arg(config);
-    run_with_timeout(cmd, Duration::from_secs(20))
 }
 
 fn chmod(path: &Path, mode: u32) {

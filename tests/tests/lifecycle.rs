@@ -5,8 +5,8 @@
 use spawnd_client::{Client, ClientError};
 use spawnd_protocol::{ErrorKind, ExitStatus, ServerId, ServerState, StartRequest};
 use spawnd_tests::{
-    DaemonOptions, Profile, TestDaemon, procfs, require_root, sid, standard_profiles, start,
-    start_req, users, wait_for, wait_for_async,
+    DaemonOptions, Profile, TestDaemon, procfs, require_cgroup, require_root, sid,
+    standard_profiles, start, start_req, users, wait_for, wait_for_async,
 };
 use std::time::Duration;
 
@@ -44,16 +44,9 @@ fn options() -> DaemonOptions {
     }
 }
 
-/// These tests need per-server cgroups: a server that outlives its daemon is not the new
-/// daemon's child, so only its cgroup lets the harness clean up whatever a failure leaves.
-macro_rules! require_cgroup {
-    ($d:expr) => {
-        if $d.cgroup_base.is_none() {
-            eprintln!("skipped: needs a writable cgroup v2 hierarchy (/sys/fs/cgroup/unified)");
-            return;
-        }
-    };
-}
+// Most tests here need per-server cgroups (`require_cgroup!`): a server that outlives its
+// daemon is not the new daemon's child, so only its cgroup lets the harness clean up whatever
+// a failure leaves.
 
 async fn wait_log_line(c: &Client, id: &ServerId, needle: &str) -> Vec<String> {
     wait_for_async(Duration::from_secs(5), || async {

@@ -11,16 +11,9 @@ use spawnd_protocol::{
 };
 use spawnd_tests::{
     DaemonOptions, Profile, RawConn, RawRecv, TestDaemon, TestUser, add_test_user, connect_as,
-    procfs, require_root, sid, start, start_req, users, wait_for_async,
+    procfs, raise_fd_limit, require_root, sid, start, start_req, users, wait_for_async,
 };
 use std::time::{Duration, Instant};
-
-/// This test process opens many sockets: allow it its hard limit of descriptors.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
-}
 
 fn options(extra: &str) -> DaemonOptions {
     DaemonOptions {

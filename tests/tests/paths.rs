@@ -12,10 +12,11 @@
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use spawnd_client::Client;
-use spawnd_protocol::{ErrorKind, ErrorReply};
+use spawnd_protocol::ErrorKind;
 use spawnd_tests::{
-    CmdOutput, DaemonOptions, Profile, TestDaemon, TestDir, TestUser, bin_path, expect_err, procfs,
-    require_root, run_with_timeout, sid, start_req, users, wait_for,
+    DaemonOptions, Profile, TestDaemon, TestDir, TestUser, assert_no_servers_running, assert_says,
+    bin_path, check_config, expect_err, require_root, run_with_timeout, sid, start_req, users,
+    wait_for,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -109,34 +110,6 @@ fn write(path: &Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-fn check_config(config: &Path) -> CmdOutput {
-    let mut cmd = Command::new(bin_path("spawnd", "SPAWND_BIN"));
-    cmd.arg("check-config").arg(config);
-    run_with_timeout(cmd, Duration::from_secs(20))
-}
-
-#[track_caller]
-fn assert_says(reply: &ErrorReply, words: &[&str]) {
-    eprintln!("the hub was told: {}: {}", reply.kind, reply.message);
-    for w in words {
-        assert!(
-            reply.message.contains(w),
-            "the {} message should say {w:?}: {:?}",
-            reply.kind,
-            reply.message
-        );
-    }
-}
-
-#[track_caller]
-fn assert_no_servers_running(d: &TestDaemon) {
-    let children = procfs::servers_of(d.pid());
-    assert!(
-        children.is_empty(),
-        "the daemon has live children (servers) it should not have: {children:?}"
-    );
 }
 
 /// Starts `user`'s server, waits until the interpreter has written `marker`, stops it.

@@ -10,8 +10,8 @@
 use spawnd_client::Client;
 use spawnd_protocol::{ErrorKind, StartRequest};
 use spawnd_tests::{
-    DaemonOptions, Profile, TestDaemon, TestUser, expect_err, procfs, require_root, sid,
-    standard_profiles, start, start_req, users, wait_for, wait_for_async,
+    DaemonOptions, Profile, TestDaemon, TestUser, expect_err, procfs, require_cgroup, require_root,
+    sid, standard_profiles, start, start_req, users, wait_for, wait_for_async,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,15 +25,6 @@ fn options(extra: &str) -> DaemonOptions {
         extra_config: format!("{extra}\n"),
         ..DaemonOptions::default()
     }
-}
-
-macro_rules! require_cgroup {
-    ($d:expr) => {
-        if $d.cgroup_base.is_none() {
-            eprintln!("skipped: needs a writable cgroup v2 hierarchy (/sys/fs/cgroup/unified)");
-            return;
-        }
-    };
 }
 
 /// Freezes `user`'s directory under the daemon's cgroup base: every server process of that
