@@ -20,6 +20,8 @@
 //! - [`sid`], [`start_req`], [`start`] and [`expect_err`] build requests and check answers.
 //! - [`files_under`], [`dirs_under`], [`assert_says`], [`assert_no_servers_running`],
 //!   [`check_config`] and [`raise_fd_limit`]: checks shared by several test files.
+//! - [`load`]: what the load and soak tests measure (the daemon's footprint, latencies) and
+//!   check (nothing left behind, no ERROR line).
 //!
 //! Build the binaries first: `cargo build --workspace --bins`, then, as root,
 //! `cargo test -p spawnd-tests -- --include-ignored --test-threads=4` (one file alone:
@@ -28,6 +30,7 @@
 mod checks;
 mod cmd;
 mod daemon;
+pub mod load;
 mod peer;
 pub mod procfs;
 mod requests;
