@@ -1,6 +1,8 @@
 //! Hostile input from peers (see RELIABILITY.md):
 //!
-//! - the fuzz seed corpus (`fuzz/corpus/`) matches the protocol (this one needs no root);
+//! - the fuzz seed corpus (`fuzz/corpus/`) matches the protocol: every seed is built with the
+//!   protocol's own encoder, and each seed the decoder must refuse is a valid encoding with one
+//!   deliberate change (this one needs no root);
 //! - abuse of the hub role: hostile names, lists and strings over the limits, bad environment
 //!   names, packets the encoder refuses to build get typed errors and nothing is executed (a
 //!   table of named cases: a failure names every case that failed);
@@ -10,12 +12,13 @@
 //! The tests with a daemon need root: they are marked ignored, so run them as root with
 //! `cargo test -p spawnd-tests --test abuse -- --include-ignored`.
 
+use serde::Serialize;
 use spawnd_client::{Client, ClientError};
 use spawnd_protocol::{
-    DaemonStatus, ErrorKind, ErrorReply, ExitStatus, LogTail, MAX_ARGS, MAX_ENV, MAX_LIST_PAGE,
-    MAX_LOG_LINES, MAX_PACKET, MAX_STRING, Polled, Request, Response, ServerInfo, ServerPage,
-    ServerState, StartRequest, Started, decode_request, decode_response, encode_request,
-    encode_response,
+    DaemonStatus, Envelope, ErrorKind, ErrorReply, ExitStatus, Header, LogTail, MAX_ARGS, MAX_ENV,
+    MAX_LIST_PAGE, MAX_LOG_LINES, MAX_PACKET, MAX_STRING, Polled, Request, Response, ServerInfo,
+    ServerPage, ServerState, StartRequest, Started, VERSION, decode_request, decode_response,
+    encode_request, encode_response,
 };
 use spawnd_tests::{
     DaemonOptions, PROFILE_PATH, RawConn, RawRecv, TestDaemon, TestUser, add_test_user, dirs_under,
@@ -26,42 +29,62 @@ use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
 // 1. the fuzz seed corpus
+//
+// Every seed starts from what `encode_request` / `encode_response` produce, so that the seeds
+// follow the wire format when it changes (`SPAWND_WRITE_FUZZ_SEEDS=1` then rewrites them). A
+// seed the decoder must refuse changes one thing in such an encoding; the piece it puts in
+// (a version, a length, a variant tag) is written by postcard, the protocol's own
+// serialisation, and where it goes is found in the encoding, never a hand-counted offset.
 
-/// A postcard unsigned varint.
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
+/// postcard's encoding of one value (a field, a length prefix, a variant tag) as it appears
+/// inside a packet.
+fn wire<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("postcard encodes the value")
 }
 
-fn pstring(s: &[u8], out: &mut Vec<u8>) {
-    varint(s.len() as u64, out);
-    out.extend_from_slice(s);
+/// The first bytes of every packet with request id `id`: the protocol's [`Header`].
+fn header(id: u32) -> Vec<u8> {
+    wire(&Header {
+        version: VERSION,
+        id,
+    })
 }
 
-/// A `Start` packet built by hand (so that it can break what `encode_request` refuses: the
-/// packet size, UTF-8).
-fn raw_start(id: u32, user: &[u8], server: &[u8], args: &[Vec<u8>]) -> Vec<u8> {
-    let mut p = Vec::new();
-    varint(1, &mut p); // version
-    varint(u64::from(id), &mut p);
-    varint(0, &mut p); // Request::Start
-    pstring(user, &mut p);
-    pstring(server, &mut p);
-    pstring(b"", &mut p); // profile
-    varint(args.len() as u64, &mut p);
-    for a in args {
-        pstring(a, &mut p);
-    }
-    varint(0, &mut p); // env
-    p.push(0); // port: None
-    p
+/// What follows the header in `packet`, an encoding with request id `id`.
+fn body_of(id: u32, packet: &[u8]) -> &[u8] {
+    let header = header(id);
+    assert!(
+        packet.starts_with(&header),
+        "an encoding with id {id} starts with its header"
+    );
+    &packet[header.len()..]
+}
+
+/// `packet` (an encoding of the last variant of its enum) with the variant tag after it: a
+/// variant the decoder does not know, with nothing after the tag.
+fn next_variant(id: u32, packet: &[u8]) -> Vec<u8> {
+    let (tag, _) = postcard::take_from_bytes::<u32>(body_of(id, packet)).expect("a variant tag");
+    [header(id), wire(&(tag + 1))].concat()
+}
+
+/// Where `needle` stands in `haystack`; panics unless it stands there exactly once.
+fn position_once(haystack: &[u8], needle: &[u8]) -> usize {
+    let found: Vec<usize> = haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(found.len(), 1, "{needle:?} stands once in the encoding");
+    found[0]
+}
+
+/// `packet` with the bytes `from` (found exactly once) replaced by `to`, of the same length.
+fn replace_once(mut packet: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len(), "a replacement of the same length");
+    let at = position_once(&packet, from);
+    packet[at..at + from.len()].copy_from_slice(to);
+    packet
 }
 
 fn enc(id: u32, r: &Request) -> Vec<u8> {
@@ -227,12 +250,30 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
         ("status-id-max", enc(u32::MAX, &Request::Status), true),
         // Refused ones: each exercises one check of the decoder.
         ("empty", Vec::new(), false),
-        ("version-only", vec![1], false),
-        ("version-2", vec![2, 17, 6], false),
-        ("unknown-variant", vec![1, 18, 7], false),
+        ("version-only", wire(&VERSION), false),
+        (
+            "version-2",
+            wire(&Envelope {
+                version: VERSION + 1,
+                id: 17,
+                body: Request::Status,
+            }),
+            false,
+        ),
+        // Status is the last variant of Request.
+        (
+            "unknown-variant",
+            next_variant(18, &enc(18, &Request::Status)),
+            false,
+        ),
         (
             "overlong-varint-id",
-            vec![1, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f, 6],
+            // An id of 39 bits where the protocol has 32: a varint one byte too long.
+            [
+                wire(&(VERSION, (1u64 << 39) - 1)),
+                body_of(0, &enc(0, &Request::Status)).to_vec(),
+            ]
+            .concat(),
             false,
         ),
         (
@@ -369,7 +410,11 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
         ),
         (
             "string-not-utf8",
-            raw_start(36, b"al\xffice", b"", &[]),
+            replace_once(
+                enc(36, &Request::Start(start_req("al?ice", "", ""))),
+                b"al?ice",
+                b"al\xffice",
+            ),
             false,
         ),
         (
@@ -384,6 +429,7 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
                     },
                 );
                 let last = v.len() - 1;
+                assert_eq!(v[last..], wire(&true), "`now` is the last byte of a Stop");
                 v[last] = 2;
                 v
             },
@@ -393,10 +439,9 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
             "huge-length-prefix",
             {
                 // A Start whose user name claims 2^32 bytes: must fail without allocating.
-                let mut v = vec![1, 38, 0];
-                varint(1 << 32, &mut v);
-                v.extend_from_slice(b"alice");
-                v
+                let v = enc(38, &Request::Start(start_req("alice", "", "")));
+                let at = position_once(&v, &wire("alice"));
+                [&v[..at], &wire(&(1u64 << 32)), b"alice"].concat()
             },
             false,
         ),
@@ -419,6 +464,18 @@ fn response_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
         started_at: 1_764_000_000,
         exited_at: None,
     };
+    // The last variant of Response.
+    let status = Response::Status(DaemonStatus {
+        version: "0.1.0".into(),
+        protocol: 1,
+        pid: 1,
+        uptime_secs: 86_400,
+        running: 200,
+        exited: 3,
+        tree_kill: "cgroup-v2 (/sys/fs/cgroup/spawnd)".into(),
+        capabilities: vec!["CAP_SETUID".into(), "CAP_KILL".into()],
+        your_role: "hub".into(),
+    });
     let mut seeds: Vec<(&'static str, Vec<u8>, bool)> = vec![
         (
             "error-policy-denied",
@@ -530,33 +587,40 @@ fn response_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
             ),
             true,
         ),
-        (
-            "status",
-            r(
-                11,
-                &Response::Status(DaemonStatus {
-                    version: "0.1.0".into(),
-                    protocol: 1,
-                    pid: 1,
-                    uptime_secs: 86_400,
-                    running: 200,
-                    exited: 3,
-                    tree_kill: "cgroup-v2 (/sys/fs/cgroup/spawnd)".into(),
-                    capabilities: vec!["CAP_SETUID".into(), "CAP_KILL".into()],
-                    your_role: "hub".into(),
-                }),
-            ),
-            true,
-        ),
+        ("status", r(11, &status), true),
         ("empty", Vec::new(), false),
-        ("unknown-variant", vec![1, 12, 8], false),
-        ("unknown-error-kind", vec![1, 13, 0, 9, 0], false),
+        // Status is the last variant of Response.
+        ("unknown-variant", next_variant(12, &r(12, &status)), false),
+        (
+            "unknown-error-kind",
+            {
+                // Internal is the last ErrorKind: the one after it, with an empty message.
+                let v = r(
+                    13,
+                    &Response::Error(ErrorReply::new(ErrorKind::Internal, "")),
+                );
+                let (tag, rest) = postcard::take_from_bytes::<u32>(body_of(13, &v))
+                    .expect("the Error variant's tag");
+                let (kind, rest) =
+                    postcard::take_from_bytes::<u32>(rest).expect("the ErrorKind's tag");
+                [header(13), wire(&tag), wire(&(kind + 1)), rest.to_vec()].concat()
+            },
+            false,
+        ),
         (
             "trailing-bytes",
             [r(14, &Response::Signalled), vec![0]].concat(),
             false,
         ),
-        ("version-2", vec![2, 15, 4], false),
+        (
+            "version-2",
+            wire(&Envelope {
+                version: VERSION + 1,
+                id: 15,
+                body: Response::Signalled,
+            }),
+            false,
+        ),
     ];
     seeds.sort_by(|a, b| a.0.cmp(b.0));
     seeds
@@ -642,6 +706,15 @@ struct Abuse {
     says: &'static [&'static str],
 }
 
+/// A `Start` request encoded as `encode_request` would, but without its size check.
+fn encode_unchecked(id: u32, request: &Request) -> Vec<u8> {
+    wire(&Envelope {
+        version: VERSION,
+        id,
+        body: request,
+    })
+}
+
 /// The hostile requests of [`hub_role_abuse_gets_typed_errors_and_runs_nothing`], aimed at
 /// the user `a`.
 fn abuse_cases(a: &str) -> Vec<Abuse> {
@@ -658,6 +731,16 @@ fn abuse_cases(a: &str) -> Vec<Abuse> {
         kind: ErrorKind::InvalidRequest,
         says,
     };
+    // A start of 80 KB: five arguments of 16,000 bytes.
+    let huge = {
+        let mut s = start_req(a, "", "");
+        s.args = vec!["a".repeat(16_000); 5];
+        Request::Start(s)
+    };
+    assert!(
+        encode_request(900, &huge).is_err(),
+        "encode_request refuses to build the 80 KB start"
+    );
     vec![
         invalid("NUL in the user name", start("spw\0root", ""), &["user"]),
         invalid("NUL in the server name", start(a, "x\0y"), &["server"]),
@@ -803,11 +886,7 @@ fn abuse_cases(a: &str) -> Vec<Abuse> {
         Abuse {
             name: "a 80 KB start",
             sent: Sent::Packet {
-                bytes: {
-                    let huge = raw_start(900, a.as_bytes(), b"", &vec![vec![b'a'; 16_000]; 5]);
-                    assert!(huge.len() > MAX_PACKET);
-                    huge
-                },
+                bytes: encode_unchecked(900, &huge),
                 id: 0,
             },
             kind: ErrorKind::InvalidRequest,
@@ -816,7 +895,11 @@ fn abuse_cases(a: &str) -> Vec<Abuse> {
         Abuse {
             name: "a user name that is not UTF-8",
             sent: Sent::Packet {
-                bytes: raw_start(901, b"\xff/../root", b"", &[]),
+                bytes: replace_once(
+                    enc(901, &Request::Start(start_req("?/../root", "", ""))),
+                    b"?/../root",
+                    b"\xff/../root",
+                ),
                 id: 901,
             },
             kind: ErrorKind::InvalidRequest,
