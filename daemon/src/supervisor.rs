@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 /// How long a stop waits after each signal.
@@ -743,18 +742,10 @@ impl Supervisor {
             };
             for dir in servers.flatten().filter(|d| d.path().is_dir()) {
                 let name = dir.file_name().to_string_lossy().into_owned();
-                let Some((stem, instance)) = name.rsplit_once('.') else {
+                let Some((server, instance)) = tree::parse_cgroup_name(&name) else {
                     continue;
                 };
-                let Ok(instance) = instance.parse::<u64>() else {
-                    continue;
-                };
-                let server = if stem == "@default" {
-                    String::new()
-                } else {
-                    stem.to_string()
-                };
-                let id = ServerId::new(user.clone(), server);
+                let id = ServerId::new(user.clone(), server.to_string());
                 if id.validate().is_err() {
                     continue;
                 }
@@ -1042,11 +1033,7 @@ async fn wait_exit(leader: &Leader, kill_group: bool) -> ExitStatus {
         Some(status)
     };
     let pidfd = &leader.pidfd;
-    // SAFETY: the AsyncFd owns a clone of the Arc, so the pidfd stays open and is not replaced
-    // for as long as it is registered.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(pidfd.clone(), tokio::io::Interest::READABLE) };
-    match registered {
+    match sys::register_pidfd(pidfd.clone()) {
         Ok(afd) => loop {
             let mut guard = match afd.readable().await {
                 Ok(g) => g,

@@ -86,6 +86,14 @@ pub fn cgroup_dir(base: &Path, user: &str, server: &str, instance: u64) -> PathB
     ))
 }
 
+/// The server and instance a server cgroup's directory name (`<server or @default>.<instance>`)
+/// stands for: the inverse of [`cgroup_dir`]'s last component.
+pub fn parse_cgroup_name(name: &str) -> Option<(&str, u64)> {
+    let (stem, instance) = name.rsplit_once('.')?;
+    let instance = instance.parse().ok()?;
+    Some((crate::logs::server_of_file_stem(stem), instance))
+}
+
 /// The daemon's own cgroup v2 directory + `/spawnd`. Among the cgroup2 mounts (there may be
 /// several, some showing only a subtree), the one whose root is the hierarchy's root and where
 /// the daemon's own cgroup really lists the daemon is the right one.
@@ -154,6 +162,12 @@ pub fn kill_group(pgid: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// The processes in the cgroup (`cgroup.procs`).
+pub fn cgroup_procs(dir: &Path) -> io::Result<Vec<i32>> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+    Ok(procs.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
 /// Whether the cgroup still holds processes (`populated 1` in `cgroup.events`).
 pub fn populated(cgroup: &Path) -> bool {
     std::fs::read_to_string(cgroup.join("cgroup.events"))
@@ -172,10 +186,18 @@ pub fn discard(dir: &Path) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    let _ = remove_cgroup(dir);
+}
+
+/// Removes an empty server cgroup and, when no other server of the user has one, the user's
+/// directory.
+pub fn remove_cgroup(dir: &Path) -> io::Result<()> {
+    std::fs::remove_dir(dir)?;
     if let Some(user_dir) = dir.parent() {
+        // Only succeeds when no other server of this user has a cgroup.
         let _ = std::fs::remove_dir(user_dir);
     }
+    Ok(())
 }
 
 /// Kills whatever is left in a server's cgroup after its main process exited, waits (bounded)
@@ -196,10 +218,5 @@ pub async fn reap_tree(dir: PathBuf, timeout: Duration) -> io::Result<()> {
             wait = (wait * 2).min(Duration::from_millis(20));
         }
     }
-    std::fs::remove_dir(&dir)?;
-    if let Some(user_dir) = dir.parent() {
-        // Only succeeds when no other server of this user has a cgroup.
-        let _ = std::fs::remove_dir(user_dir);
-    }
-    Ok(())
+    remove_cgroup(&dir)
 }
