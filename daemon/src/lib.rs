@@ -9,11 +9,14 @@
 //!   nothing with it), its async-signal-safe child that becomes the user, the daemon's side;
 //! - [`logs`]: per-server log files, opened safely as root, and their tails;
 //! - [`tree`]: finding and killing a server's whole process tree (cgroup v2 or process group);
+//! - [`host`]: what the supervisor asks of the system (pidfds, `/proc`, cgroups, users), as a
+//!   trait with a fake for the unit tests;
 //! - [`supervisor`]: the table of servers, exit events from pidfds, stop escalation;
 //! - [`server`]: the socket, connections and request dispatch, with auditing.
 
 pub mod auth;
 pub mod config;
+pub mod host;
 pub mod launch;
 pub mod logging;
 pub mod logs;
