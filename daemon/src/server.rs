@@ -443,7 +443,10 @@ impl Daemon {
         let sup = &self.supervisor;
         match request {
             Request::Start(start) => self.start(peer, start).await,
-            Request::Poll { server, instance } => sup.poll(server, *instance).map(Response::Polled),
+            Request::Poll { server, instance } => sup
+                .poll(server, *instance)
+                .map(Response::Polled)
+                .map_err(ErrorReply::from),
             Request::Stop {
                 server,
                 instance,
@@ -451,14 +454,16 @@ impl Daemon {
             } => sup
                 .stop(server, *instance, *now)
                 .await
-                .map(|(instance, exit)| Response::Stopped { instance, exit }),
+                .map(|(instance, exit)| Response::Stopped { instance, exit })
+                .map_err(ErrorReply::from),
             Request::Signal {
                 server,
                 instance,
                 signal,
             } => sup
                 .signal(server, *instance, *signal)
-                .map(|()| Response::Signalled),
+                .map(|()| Response::Signalled)
+                .map_err(ErrorReply::from),
             Request::List { after, limit } => {
                 let viewer = match role {
                     Role::Admin => Viewer::All,
@@ -703,7 +708,7 @@ fn prepare_and_launch(
     let pid = launched.pid;
     let sup = &daemon.supervisor;
     let log_file = logs::file_id(&spec.into_log()).ok();
-    sup.running(r, launched, cgroup_dir, log_path.clone(), log_file);
+    sup.record_launch(r, launched, cgroup_dir, log_path.clone(), log_file);
     if let Err(e) = sup.persist(&req.server) {
         // A server the next daemon could not find again must not run: take it down.
         tracing::error!(server = %req.server, "could not record the server, stopping it: {e}");

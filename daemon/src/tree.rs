@@ -151,7 +151,7 @@ pub fn kill_cgroup(dir: &Path) -> io::Result<()> {
 /// SIGKILLs the process group `pgid` (process-group mode: a server's group id is its pid).
 /// Only for a caller that knows the group's leader has not been reaped: a group id is handed
 /// out again once its leader is reaped and its last member gone (see
-/// `supervisor::Leader::kill_group`).
+/// `supervisor::process::Leader::kill_group`).
 pub fn kill_group(pgid: i32) -> io::Result<()> {
     // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
     let r = unsafe { libc::kill(-pgid, libc::SIGKILL) };
@@ -165,7 +165,10 @@ pub fn kill_group(pgid: i32) -> io::Result<()> {
 /// The processes in the cgroup (`cgroup.procs`).
 pub fn cgroup_procs(dir: &Path) -> io::Result<Vec<i32>> {
     let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
-    Ok(procs.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    Ok(procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
 }
 
 /// Whether the cgroup still holds processes (`populated 1` in `cgroup.events`).
@@ -198,25 +201,4 @@ pub fn remove_cgroup(dir: &Path) -> io::Result<()> {
         let _ = std::fs::remove_dir(user_dir);
     }
     Ok(())
-}
-
-/// Kills whatever is left in a server's cgroup after its main process exited, waits (bounded)
-/// until the cgroup is empty, and removes it.
-pub async fn reap_tree(dir: PathBuf, timeout: Duration) -> io::Result<()> {
-    if populated(&dir) {
-        kill_cgroup(&dir)?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut wait = Duration::from_millis(1);
-        while populated(&dir) {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("processes in {} survived SIGKILL", dir.display()),
-                ));
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(20));
-        }
-    }
-    remove_cgroup(&dir)
 }
