@@ -20,6 +20,9 @@ mod record;
 mod recovery;
 mod stop;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{AdoptError, SupervisorError, VetError};
 pub use recovery::Recovery;
 pub use stop::StopTimeouts;
