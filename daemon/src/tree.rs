@@ -202,3 +202,19 @@ pub fn remove_cgroup(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_names_read_back_as_they_are_made() {
+        for server in ["", "lab", "lab.v2"] {
+            let dir = cgroup_dir(Path::new("/cg"), "alice", server, 42);
+            let name = dir.file_name().and_then(|n| n.to_str()).expect("a name");
+            assert_eq!(parse_cgroup_name(name), Some((server, 42)), "{name}");
+        }
+        assert_eq!(parse_cgroup_name("@default"), None);
+        assert_eq!(parse_cgroup_name("lab.v2"), None);
+    }
+}

@@ -511,12 +511,13 @@ async fn recovery_from_a_cgroup_adopts_the_first_session_leader_of_the_users_uid
     let host = Arc::new(FakeHost::new());
     host.add_user("alice", ALICE);
     let dir = tree::cgroup_dir(Path::new(CGROUPS), "alice", "lab.v2", 7);
-    // A root session leader started first, a child of the server, the server, and a later
-    // session leader of the user (a kernel in its own session).
+    // A root session leader started first, a process of the user in the server's session
+    // (no leader, whenever it started), the server, and a later session leader of the user
+    // (a kernel in its own session).
     host.add(Proc::new(700, 0).started_at(10).in_cgroup(&dir));
     host.add(
         Proc::new(702, ALICE)
-            .started_at(60)
+            .started_at(40)
             .session(701)
             .in_cgroup(&dir),
     );
