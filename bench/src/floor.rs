@@ -314,24 +314,7 @@ unsafe fn bare_child(p: &Prepared, report: RawFd, procs: Option<RawFd>) -> ! {
     }
 }
 
-/// `struct clone_args` of clone3(2), as far as CLONE_INTO_CGROUP needs it.
-#[repr(C)]
-#[derive(Debug, Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+use spawnd::sys::{CLONE_INTO_CGROUP, CloneArgs};
 
 /// Times `iters` spawns of `argv` as `user`, each until its exec happened; the child is then
 /// killed and reaped outside the timed part, and the next spawn waits `gap` (spawns as far

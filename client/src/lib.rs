@@ -21,6 +21,8 @@
 //! could not be reached (which says nothing about the servers: they outlive the daemon) from an
 //! answer; [`ClientError::kind`] gives the daemon's error kind.
 
+#![forbid(unsafe_code)]
+
 mod blocking;
 mod calls;
 mod client;

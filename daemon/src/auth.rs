@@ -1,7 +1,10 @@
-//! Roles, decided from the kernel's account of the peer only (SO_PEERCRED and SO_PEERGROUPS).
-//! NSS is never asked who the peer is: the kernel's answer is the only one that cannot race.
+//! Who may do what: roles, decided from the kernel's account of the peer only (SO_PEERCRED and
+//! SO_PEERGROUPS), and [`authorize`], the one decision of what a request may do and which
+//! servers it may see. NSS is never asked who the peer is: the kernel's answer is the only one
+//! that cannot race. Ownership is always by uid.
 
 use crate::config::Config;
+use spawnd_protocol::{Request, ServerId};
 use std::fmt;
 
 /// Who is on the other end of a connection, as the kernel recorded it at connect time.
@@ -20,7 +23,7 @@ impl Peer {
     }
 }
 
-/// What a peer may do (DESIGN.md, "Roles").
+/// What a peer may do (README, "Roles").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// uid 0 or a member of `admin_group`: everything, for every server.
@@ -60,23 +63,82 @@ pub fn role_of(peer: &Peer, config: &Config) -> Option<Role> {
     }
 }
 
-/// Whether `role` may send a request with this action at all (per-server ownership for
-/// [`Role::User`] is checked by the caller against the server's uid).
-pub fn may(role: Role, request: &spawnd_protocol::Request) -> bool {
-    use spawnd_protocol::Request as R;
+/// Which servers a request may concern (and a `List` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every server (admins).
+    All,
+    /// For `List`, the servers this uid started (the hub sees what it started); the hub may act
+    /// on any one server by name.
+    StartedBy(u32),
+    /// The servers that run as this uid (a self-service user's own).
+    OwnedBy(u32),
+}
+
+/// Why a request was refused before anything was looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error(
+        "the {role} role may not {action}; self-service users may list, poll, read logs of and \
+         stop their own servers"
+    )]
+    Action { role: Role, action: &'static str },
+    #[error("uid {uid} may only act on its own servers, not on {server}")]
+    NotOwner { uid: u32, server: ServerId },
+}
+
+/// Whether `role` needs the owner of the request's server for [`authorize`] to decide: only a
+/// self-service user's request on one server does (the daemon looks it up only then).
+pub fn needs_owner(role: Role, request: &Request) -> bool {
+    role == Role::User && request.target().is_some()
+}
+
+/// The one authorization decision: whether `peer`, in `role`, may send `request`, and which
+/// servers it concerns. Admins and the hub may send every request; self-service users may
+/// list, poll, read logs of and stop their own servers only. `owner` is the uid the request's
+/// server belongs to (see [`needs_owner`]): the uid of the server when the daemon knows it,
+/// else the uid of the account the server is named after, `None` when there is no such
+/// account. Pure: the caller looks the owner up.
+pub fn authorize(
+    peer: &Peer,
+    role: Role,
+    request: &Request,
+    owner: Option<u32>,
+) -> Result<Scope, Denied> {
     match role {
-        Role::Admin | Role::Hub => true,
-        Role::User => matches!(
-            request,
-            R::Poll { .. } | R::Stop { .. } | R::List { .. } | R::Logs { .. } | R::Status
-        ),
+        Role::Admin => Ok(Scope::All),
+        Role::Hub => Ok(Scope::StartedBy(peer.uid)),
+        Role::User => {
+            let allowed = matches!(
+                request,
+                Request::Poll { .. }
+                    | Request::Stop { .. }
+                    | Request::List { .. }
+                    | Request::Logs { .. }
+                    | Request::Status
+            );
+            if !allowed {
+                return Err(Denied::Action {
+                    role,
+                    action: request.action(),
+                });
+            }
+            if let Some(server) = request.target()
+                && owner != Some(peer.uid)
+            {
+                return Err(Denied::NotOwner {
+                    uid: peer.uid,
+                    server: server.clone(),
+                });
+            }
+            Ok(Scope::OwnedBy(peer.uid))
+        }
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use spawnd_protocol::{Request, ServerId};
 
     /// A configuration whose names exist on every Debian host: hub `nobody`, group `nogroup`,
     /// admin group `adm`.
@@ -125,56 +187,101 @@ env = {{ FIXED = "yes" }}
         assert_eq!(role_of(&peer(5000, 5000, &[]), &c), None);
     }
 
-    #[test]
-    fn self_service_users_may_only_read_and_stop() {
+    /// One request of each action about server `a`'s default server.
+    fn one_of_each() -> Vec<Request> {
         let id = ServerId::new("a", "");
-        assert!(may(
-            Role::User,
-            &Request::Poll {
+        vec![
+            Request::Start(spawnd_protocol::StartRequest {
                 server: id.clone(),
-                instance: None
-            }
-        ));
-        assert!(may(
-            Role::User,
-            &Request::Stop {
-                server: id.clone(),
-                instance: None,
-                now: false
-            }
-        ));
-        assert!(may(
-            Role::User,
-            &Request::Logs {
-                server: id.clone(),
-                lines: 1
-            }
-        ));
-        assert!(may(
-            Role::User,
-            &Request::List {
-                after: None,
-                limit: 1
-            }
-        ));
-        assert!(!may(
-            Role::User,
-            &Request::Signal {
-                server: id.clone(),
-                instance: None,
-                signal: 9
-            }
-        ));
-        assert!(!may(
-            Role::User,
-            &Request::Start(spawnd_protocol::StartRequest {
-                server: id,
                 profile: String::new(),
                 args: vec![],
                 env: vec![],
-                port: None
-            })
-        ));
-        assert!(may(Role::Hub, &Request::Status) && may(Role::Admin, &Request::Status));
+                port: None,
+            }),
+            Request::Poll {
+                server: id.clone(),
+                instance: None,
+            },
+            Request::Stop {
+                server: id.clone(),
+                instance: None,
+                now: false,
+            },
+            Request::Signal {
+                server: id.clone(),
+                instance: None,
+                signal: 9,
+            },
+            Request::List {
+                after: None,
+                limit: 1,
+            },
+            Request::Logs {
+                server: id,
+                lines: 1,
+            },
+            Request::Status,
+        ]
+    }
+
+    #[test]
+    fn admins_and_the_hub_may_send_everything_and_see_their_scope() {
+        let admin = peer(0, 0, &[]);
+        let hub = peer(4000, 4000, &[]);
+        for request in one_of_each() {
+            // The owner is not needed (nor looked at) for them.
+            assert!(!needs_owner(Role::Admin, &request) && !needs_owner(Role::Hub, &request));
+            assert_eq!(
+                authorize(&admin, Role::Admin, &request, None),
+                Ok(Scope::All)
+            );
+            assert_eq!(
+                authorize(&hub, Role::Hub, &request, Some(1)),
+                Ok(Scope::StartedBy(4000))
+            );
+        }
+    }
+
+    #[test]
+    fn self_service_users_may_only_read_and_stop_their_own() {
+        let user = peer(5000, 5000, &[]);
+        for request in one_of_each() {
+            let action = request.action();
+            let permitted = matches!(action, "poll" | "stop" | "list" | "logs" | "status");
+            let targeted = request.target().is_some();
+            assert_eq!(needs_owner(Role::User, &request), targeted, "{action}");
+            let own = authorize(&user, Role::User, &request, Some(5000));
+            let other = authorize(&user, Role::User, &request, Some(5001));
+            let no_account = authorize(&user, Role::User, &request, None);
+            if !permitted {
+                let refused = Err(Denied::Action {
+                    role: Role::User,
+                    action,
+                });
+                assert_eq!(own, refused, "{action}");
+                assert_eq!(other, refused, "{action}");
+                continue;
+            }
+            assert_eq!(own, Ok(Scope::OwnedBy(5000)), "{action}");
+            if targeted {
+                let not_owner = Err(Denied::NotOwner {
+                    uid: 5000,
+                    server: ServerId::new("a", ""),
+                });
+                assert_eq!(other, not_owner, "{action}");
+                assert_eq!(no_account, not_owner, "{action}");
+            } else {
+                assert_eq!(other, Ok(Scope::OwnedBy(5000)), "{action}");
+            }
+        }
+        let message = Denied::Action {
+            role: Role::User,
+            action: "signal",
+        }
+        .to_string();
+        assert!(
+            message.starts_with("the user role may not signal;"),
+            "{message}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use spawnd::server::Daemon;
 use spawnd::state::StateDir;
 use spawnd::supervisor::Supervisor;
 use spawnd::tree::TreeMode;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tokio_seqpacket::UnixSeqpacketListener;
@@ -49,7 +49,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     // Descriptors 0 to 2 open (on /dev/null where they are closed), so that no socket or file
     // of the daemon's ever takes one of their numbers and is handed on as a standard stream.
-    open_standard_descriptors();
+    spawnd::sys::open_standard_descriptors();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { path }) => {
@@ -93,7 +93,7 @@ fn run(config_path: &Path) -> Result<()> {
         .parent()
         .with_context(|| format!("socket path {} has no directory", config.socket.display()))?
         .to_path_buf();
-    let listen_fd = systemd_listen_fd();
+    let listen_fd = spawnd::sys::systemd_listen_fd();
     if listen_fd.is_none() {
         ensure_dir(&socket_dir, 0o755)?;
     }
@@ -162,7 +162,7 @@ fn run(config_path: &Path) -> Result<()> {
         let source = config.source.clone();
         let daemon = Daemon::new(config, supervisor, launcher);
         tokio::spawn(daemon.clone().serve(listener));
-        tokio::spawn(daemon.clone().watch_log_sizes());
+        tokio::spawn(spawnd::log_limit::watch(daemon.clone()));
         notify(&[NotifyState::Ready]);
         tokio::spawn(report_to_systemd(daemon.clone()));
         signals.run(daemon, source).await
@@ -171,18 +171,6 @@ fn run(config_path: &Path) -> Result<()> {
     // the daemon's exit: the state is flushed by now.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
-}
-
-fn open_standard_descriptors() {
-    for fd in 0..3 {
-        // SAFETY: fcntl(F_GETFD) on a number only reads its flags; open returns the lowest free
-        // number, which is `fd` when it was closed (the lower ones are open by then).
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            }
-        }
-    }
 }
 
 /// The signals the daemon handles, installed before anything else can be interrupted.
@@ -325,24 +313,6 @@ fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
             .with_context(|| format!("could not set the mode of {}", dir.display()))?;
     }
     config::check_private_dir(dir).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))
-}
-
-/// The listening socket systemd passed (socket activation), if any.
-fn systemd_listen_fd() -> Option<OwnedFd> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let fds: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    if pid != std::process::id() || fds < 1 {
-        return None;
-    }
-    // SAFETY: systemd passes the listening socket as fd 3 (SD_LISTEN_FDS_START) and nothing
-    // else in this process owns it; this runs once, before anything else could take it.
-    let fd = unsafe { OwnedFd::from_raw_fd(3) };
-    // Servers must not inherit it: mark it close-on-exec.
-    let _ = nix::fcntl::fcntl(
-        &fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
-    Some(fd)
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<()> {

@@ -2,7 +2,6 @@
 
 use crate::config::{Config, Profile};
 use nix::unistd::{User, getgrouplist};
-use spawnd_protocol::{ErrorKind, ErrorReply};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -20,17 +19,74 @@ pub struct Target {
     pub shell: PathBuf,
 }
 
-fn denied(message: String) -> ErrorReply {
-    ErrorReply::new(ErrorKind::PolicyDenied, message)
+/// Why a user may not have a server started (or could not be looked up).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("user {name} is listed in deny_users in {config}; remove it there to allow servers")]
+    DeniedByName { name: String, config: String },
+    #[error(
+        "user {name} has uid {uid}, the uid of an account listed in deny_users in {config}; \
+         remove it there to allow servers"
+    )]
+    DeniedByUid {
+        name: String,
+        uid: u32,
+        config: String,
+    },
+    #[error("refusing to start a server for {name}: user id 0 (root) is never allowed")]
+    Root { name: String },
+    #[error(
+        "user {name} has uid {uid} which is below min_uid {min_uid} (system accounts are \
+         refused); lower min_uid in {config} if this user should have servers"
+    )]
+    BelowMinUid {
+        name: String,
+        uid: u32,
+        min_uid: u32,
+        config: String,
+    },
+    #[error(
+        "user {name} is not a member of group {group}; add them with `gpasswd -a {name} {group}`"
+    )]
+    NotInGroup { name: String, group: String },
+    #[error("user {name} does not exist on this host")]
+    NoSuchUser { name: String },
+    #[error(
+        "user {requested} is called {canonical} in the passwd database (another name for the \
+         same account); spawnd starts servers only under an account's own name: have the hub \
+         use {canonical} (JupyterHub: Authenticator.username_map or normalize_username)"
+    )]
+    NotCanonical {
+        requested: String,
+        canonical: String,
+    },
+    #[error("user {name:?} has a NUL")]
+    NulInName { name: String },
+    /// NSS failed: not a decision about the user.
+    #[error("could not look up user {name} in the passwd database: {source}")]
+    Lookup { name: String, source: nix::Error },
+    /// NSS failed: not a decision about the user.
+    #[error("could not read the group list of user {name}: {source}")]
+    GroupList { name: String, source: nix::Error },
+}
+
+impl PolicyError {
+    /// True when the host failed to answer (NSS), false when the policy refused the user.
+    pub fn is_lookup_failure(&self) -> bool {
+        matches!(
+            self,
+            PolicyError::Lookup { .. } | PolicyError::GroupList { .. }
+        )
+    }
 }
 
 /// Users listed in `deny_users` are refused by name (before any NSS lookup).
-fn check_not_denied(name: &str, config: &Config) -> Result<(), ErrorReply> {
+fn check_not_denied(name: &str, config: &Config) -> Result<(), PolicyError> {
     if config.deny_users.contains(name) {
-        return Err(denied(format!(
-            "user {name} is listed in deny_users in {}; remove it there to allow servers",
-            config.source.display()
-        )));
+        return Err(PolicyError::DeniedByName {
+            name: name.to_owned(),
+            config: config.source.display().to_string(),
+        });
     }
     Ok(())
 }
@@ -38,74 +94,73 @@ fn check_not_denied(name: &str, config: &Config) -> Result<(), ErrorReply> {
 /// The name a lookup asked for must be the account's own name (`pw_name`): a directory service
 /// that also answers to aliases ("Mallory", "mallory@corp" for "mallory") would otherwise give
 /// one account servers, logs and records under several names, and slip past `deny_users`.
-pub fn check_canonical(requested: &str, canonical: &str) -> Result<(), ErrorReply> {
+pub fn check_canonical(requested: &str, canonical: &str) -> Result<(), PolicyError> {
     if requested == canonical {
         return Ok(());
     }
-    Err(denied(format!(
-        "user {requested} is called {canonical} in the passwd database (another name for the \
-         same account); spawnd starts servers only under an account's own name: have the hub \
-         use {canonical} (JupyterHub: Authenticator.username_map or normalize_username)"
-    )))
+    Err(PolicyError::NotCanonical {
+        requested: requested.to_owned(),
+        canonical: canonical.to_owned(),
+    })
 }
 
 /// The policy checks on a looked-up user (no I/O): not denied by name or uid, not root, uid at
 /// least `min_uid`, a member of `group` (primary or supplementary).
-pub fn check_target(target: &Target, config: &Config) -> Result<(), ErrorReply> {
+pub fn check_target(target: &Target, config: &Config) -> Result<(), PolicyError> {
     let name = &target.name;
     if target.uid == 0 {
-        return Err(denied(format!(
-            "refusing to start a server for {name}: user id 0 (root) is never allowed"
-        )));
+        return Err(PolicyError::Root { name: name.clone() });
     }
     check_not_denied(name, config)?;
     if config.deny_uids.contains(&target.uid) {
-        return Err(denied(format!(
-            "user {name} has uid {}, the uid of an account listed in deny_users in {}; remove \
-             it there to allow servers",
-            target.uid,
-            config.source.display()
-        )));
+        return Err(PolicyError::DeniedByUid {
+            name: name.clone(),
+            uid: target.uid,
+            config: config.source.display().to_string(),
+        });
     }
     if target.uid < config.min_uid {
-        return Err(denied(format!(
-            "user {name} has uid {} which is below min_uid {} (system accounts are refused); \
-             lower min_uid in {} if this user should have servers",
-            target.uid,
-            config.min_uid,
-            config.source.display()
-        )));
+        return Err(PolicyError::BelowMinUid {
+            name: name.clone(),
+            uid: target.uid,
+            min_uid: config.min_uid,
+            config: config.source.display().to_string(),
+        });
     }
     if target.gid != config.group_gid && !target.groups.contains(&config.group_gid) {
-        return Err(denied(format!(
-            "user {name} is not a member of group {}; add them with `gpasswd -a {name} {}`",
-            config.group, config.group
-        )));
+        return Err(PolicyError::NotInGroup {
+            name: name.clone(),
+            group: config.group.clone(),
+        });
     }
     Ok(())
 }
 
 /// Looks the user up (passwd + full group list) and applies [`check_target`]. Called at every
 /// start, so that group changes take effect at once.
-pub fn resolve_target(name: &str, config: &Config) -> Result<Target, ErrorReply> {
+pub fn resolve_target(name: &str, config: &Config) -> Result<Target, PolicyError> {
     check_not_denied(name, config)?;
     let user = match User::from_name(name) {
         Ok(Some(u)) => u,
-        Ok(None) => return Err(denied(format!("user {name} does not exist on this host"))),
-        Err(e) => {
-            return Err(ErrorReply::new(
-                ErrorKind::Internal,
-                format!("could not look up user {name} in the passwd database: {e}"),
-            ));
+        Ok(None) => {
+            return Err(PolicyError::NoSuchUser {
+                name: name.to_owned(),
+            });
+        }
+        Err(source) => {
+            return Err(PolicyError::Lookup {
+                name: name.to_owned(),
+                source,
+            });
         }
     };
     check_canonical(name, &user.name)?;
-    let cname = CString::new(name).map_err(|_| denied(format!("user {name:?} has a NUL")))?;
-    let groups = getgrouplist(&cname, user.gid).map_err(|e| {
-        ErrorReply::new(
-            ErrorKind::Internal,
-            format!("could not read the group list of user {name}: {e}"),
-        )
+    let c_name = CString::new(name).map_err(|_| PolicyError::NulInName {
+        name: name.to_owned(),
+    })?;
+    let groups = getgrouplist(&c_name, user.gid).map_err(|source| PolicyError::GroupList {
+        name: name.to_owned(),
+        source,
     })?;
     let mut groups: Vec<u32> = groups.iter().map(|g| g.as_raw()).collect();
     // getgrouplist puts the primary group in the list; keep it first and unique.
@@ -166,6 +221,7 @@ pub fn build_env(target: &Target, profile: &Profile, client: &[(String, String)]
 mod tests {
     use super::*;
     use crate::auth::tests::sample;
+    use spawnd_protocol::{ErrorKind, ErrorReply};
 
     fn target(name: &str, uid: u32, gid: u32, groups: &[u32]) -> Target {
         Target {
@@ -178,8 +234,8 @@ mod tests {
         }
     }
 
-    fn kind(r: Result<(), ErrorReply>) -> (ErrorKind, String) {
-        let e = r.unwrap_err();
+    fn kind(r: Result<(), PolicyError>) -> (ErrorKind, String) {
+        let e = ErrorReply::from(r.unwrap_err());
         (e.kind, e.message)
     }
 
@@ -237,7 +293,7 @@ mod tests {
     #[test]
     fn unknown_user_is_denied() {
         let c = sample("");
-        let e = resolve_target("no-such-user-xyz", &c).unwrap_err();
+        let e = ErrorReply::from(resolve_target("no-such-user-xyz", &c).unwrap_err());
         assert_eq!(e.kind, ErrorKind::PolicyDenied);
         assert!(e.message.contains("does not exist"), "{}", e.message);
         // `nobody` exists but is not in nogroup's member list... its primary group is nogroup

@@ -1,15 +1,14 @@
 //! The socket: admitting peers, reading requests, answering them, auditing every one.
 
-use crate::auth::{self, Peer, Role};
-use crate::config::{self, Config, Limits, Profile};
-use crate::launch::{LaunchInput, LaunchSpec, Launcher};
+use crate::auth::{self, Peer, Role, Scope};
+use crate::config::{Config, ConnectionLimits};
+use crate::launch::Launcher;
 use crate::logs;
-use crate::policy::{self, Target};
-use crate::supervisor::{NewServer, Reservation, StopTimeouts, Supervisor, Viewer};
-use crate::tree;
+use crate::start::{self, Starter};
+use crate::supervisor::{Supervisor, Viewer};
 use spawnd_protocol::{
     DaemonStatus, DecodeError, ErrorKind, ErrorReply, LogTail, MAX_LIST_PAGE, MAX_PACKET, Request,
-    Response, ServerId, StartRequest, Started, decode_request, encode_response,
+    Response, ServerId, StartRequest, decode_request, encode_response,
 };
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -94,15 +93,6 @@ impl Drop for Refusal {
 }
 
 type Reply = Result<Response, ErrorReply>;
-
-fn lock_set(
-    set: &Mutex<std::collections::HashSet<ServerId>>,
-) -> std::sync::MutexGuard<'_, std::collections::HashSet<ServerId>> {
-    set.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How often the logs of running servers are checked against `log_max_size`.
-const LOG_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(kind, message)
@@ -204,59 +194,6 @@ impl Daemon {
         }
     }
 
-    /// Cuts the logs of running servers that grew past `log_max_size`, every
-    /// [`LOG_CHECK_INTERVAL`]: a log is root's and outside its user's quota, so one that grows
-    /// without end would fill the log file system. It may overshoot by what the server writes
-    /// between two checks.
-    pub async fn watch_log_sizes(self: Arc<Self>) {
-        // One look at every log per check (a stat each), and each cut on a thread of its own:
-        // a cut that hangs (a write to the log stuck on a file system that hangs holds the
-        // file's lock) holds up neither the other logs nor the next checks.
-        let scanning = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cutting: Arc<Mutex<std::collections::HashSet<ServerId>>> = Arc::default();
-        let mut tick = tokio::time::interval(LOG_CHECK_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(max) = self.config().log_max_size else {
-                continue;
-            };
-            let running = self.supervisor.running_logs();
-            if running.is_empty() || scanning.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                continue;
-            }
-            let (scanning, cutting) = (scanning.clone(), cutting.clone());
-            tokio::task::spawn_blocking(move || {
-                for (id, path, file) in running {
-                    if !logs::is_over(&path, file, max) {
-                        continue;
-                    }
-                    if !lock_set(&cutting).insert(id.clone()) {
-                        tracing::warn!(
-                            server = %id,
-                            "its log is past log_max_size, but the last cut of it has not \
-                             returned (its file system is slow or hangs); not cut again meanwhile"
-                        );
-                        continue;
-                    }
-                    let cutting = cutting.clone();
-                    tokio::runtime::Handle::current().spawn_blocking(move || {
-                        match logs::cut_if_over(&path, file, max) {
-                            Ok(Some(cut)) => tracing::warn!(
-                                server = %id,
-                                "its log passed log_max_size ({max} bytes) and was cut: {cut:?}"
-                            ),
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(server = %id, "could not cut its log: {e}"),
-                        }
-                        lock_set(&cutting).remove(&id);
-                    });
-                }
-                scanning.store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-    }
-
     /// Counts a new connection against the limits, or says which limit it hits. Self-service
     /// users have their own, smaller limits, so that they never take the connections the hub
     /// and the admins need.
@@ -264,7 +201,7 @@ impl Daemon {
         self: &Arc<Self>,
         peer: &Peer,
         role: Role,
-        limits: &Limits,
+        limits: &ConnectionLimits,
     ) -> Result<Admitted, String> {
         let user = role == Role::User;
         let mut c = self.connections();
@@ -425,21 +362,13 @@ impl Daemon {
         conn.drained().await;
     }
 
-    /// Answers one request.
+    /// Answers one request: authorizes it ([`auth::authorize`]), then dispatches it.
     pub async fn handle(self: &Arc<Self>, peer: &Peer, role: Role, request: &Request) -> Reply {
-        if !auth::may(role, request) {
-            return Err(err(
-                ErrorKind::Unauthorized,
-                format!(
-                    "the {role} role may not {}; self-service users may list, poll, read logs \
-                     of and stop their own servers",
-                    request.action()
-                ),
-            ));
-        }
-        if let (Role::User, Some(id)) = (role, request.target()) {
-            self.check_own(peer, id).await?;
-        }
+        let owner = match request.target() {
+            Some(id) if auth::needs_owner(role, request) => self.owner_of(id).await,
+            _ => None,
+        };
+        let scope = auth::authorize(peer, role, request, owner)?;
         let sup = &self.supervisor;
         match request {
             Request::Start(start) => self.start(peer, start).await,
@@ -465,10 +394,10 @@ impl Daemon {
                 .map(|()| Response::Signalled)
                 .map_err(ErrorReply::from),
             Request::List { after, limit } => {
-                let viewer = match role {
-                    Role::Admin => Viewer::All,
-                    Role::Hub => Viewer::StartedBy(peer.uid),
-                    Role::User => Viewer::OwnedBy(peer.uid),
+                let viewer = match scope {
+                    Scope::All => Viewer::All,
+                    Scope::StartedBy(uid) => Viewer::StartedBy(uid),
+                    Scope::OwnedBy(uid) => Viewer::OwnedBy(uid),
                 };
                 let limit = if *limit == 0 { MAX_LIST_PAGE } else { *limit };
                 Ok(Response::Servers(sup.list(
@@ -482,80 +411,39 @@ impl Daemon {
         }
     }
 
-    /// A self-service user may only touch their own servers: a known server by its uid (the
-    /// process's owner, whatever name it is listed under), any other name only if it is the
-    /// peer's own account name (a server the daemon does not know, or its log).
-    async fn check_own(&self, peer: &Peer, id: &ServerId) -> Result<(), ErrorReply> {
-        let uid = peer.uid;
-        let own = match self.supervisor.uid_of(id) {
-            Some(server_uid) => server_uid == uid,
-            None => {
-                let name = tokio::task::spawn_blocking(move || {
-                    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                        .ok()
-                        .flatten()
-                })
-                .await
-                .ok()
-                .flatten()
-                .map(|u| u.name);
-                name.as_deref() == Some(id.user.as_str())
-            }
-        };
-        if own {
-            Ok(())
-        } else {
-            Err(err(
-                ErrorKind::Unauthorized,
-                format!("uid {uid} may only act on its own servers, not on {id}"),
-            ))
+    /// The uid a server belongs to: the uid it runs as when the daemon knows it (whatever name
+    /// it is listed under), else the uid of the account it is named after (a server the daemon
+    /// has forgotten, or its log), `None` when there is no such account.
+    async fn owner_of(&self, id: &ServerId) -> Option<u32> {
+        if let Some(uid) = self.supervisor.uid_of(id) {
+            return Some(uid);
         }
+        let name = id.user.clone();
+        tokio::task::spawn_blocking(move || nix::unistd::User::from_name(&name).ok().flatten())
+            .await
+            .ok()
+            .flatten()
+            .map(|user| user.uid.as_raw())
     }
 
     async fn start(self: &Arc<Self>, peer: &Peer, req: &StartRequest) -> Reply {
         let config = self.config();
-        let profile = config.profile(&req.profile).cloned().ok_or_else(|| {
-            let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
-            err(
-                ErrorKind::PolicyDenied,
-                format!(
-                    "profile {:?} is not defined in {}; defined profiles: {}",
-                    req.profile,
-                    config.source.display(),
-                    known.join(", ")
-                ),
-            )
-        })?;
-        if !req.args.is_empty() && !profile.allow_args {
-            return Err(err(
-                ErrorKind::PolicyDenied,
-                format!(
-                    "profile {} does not allow the hub to add arguments (allow_args = false)",
-                    profile.name
-                ),
-            ));
-        }
-        // The user lookup (NSS may block), the reservation and the launch happen on one
-        // blocking thread: one hand-off per start instead of three.
+        let profile = start::profile_for(&config, req)?;
+        // The user lookup (NSS may block), the checks and the launch happen on one blocking
+        // thread: one hand-off per start.
         let me = self.clone();
         let (req, owner_uid) = (req.clone(), peer.uid);
-        tokio::task::spawn_blocking(move || {
-            let target = policy::resolve_target(&req.server.user, &config)?;
-            let reservation = me.supervisor.reserve(NewServer {
-                id: req.server.clone(),
-                uid: target.uid,
-                owner_uid,
-                profile: profile.name.clone(),
-                port: req.port,
-                log_path: logs::log_path(&config.log_dir, &target.name, &req.server.server),
-                timeouts: StopTimeouts::of(Some(&profile)),
-            })?;
-            prepare_and_launch(&me, &config, &profile, &target, &req, &reservation)
-                .map(Response::Started)
-                .inspect_err(|_| me.supervisor.abandon(&reservation))
+        let started = tokio::task::spawn_blocking(move || {
+            let starter = Starter {
+                config: &config,
+                supervisor: &me.supervisor,
+                launcher: &me.launcher,
+            };
+            start::start(starter, owner_uid, &req, &profile)
         })
         .await
-        .map_err(|e| err(ErrorKind::Internal, format!("start task failed: {e}")))?
+        .map_err(|e| err(ErrorKind::Internal, format!("start task failed: {e}")))?;
+        Ok(Response::Started(started?))
     }
 
     async fn logs(&self, id: &ServerId, lines: u32) -> Reply {
@@ -615,129 +503,6 @@ impl Daemon {
             your_role: role.to_string(),
         })
     }
-}
-
-/// Everything of a start that touches the file system or forks; runs on a blocking thread.
-fn prepare_and_launch(
-    daemon: &Daemon,
-    config: &Config,
-    profile: &Profile,
-    target: &Target,
-    req: &StartRequest,
-    r: &Reservation,
-) -> Result<Started, ErrorReply> {
-    // Checked at load and again here: the file system may have changed since. A program (or an
-    // interpreter it runs) that is missing or not executable is a broken host (SpawnFailed);
-    // one that someone other than root could change is refused (PolicyDenied).
-    config::check_program(&profile.command, &profile.path).map_err(|e| {
-        if e.is_missing() {
-            err(
-                ErrorKind::SpawnFailed,
-                format!("the program of profile {} cannot run: {e}", profile.name),
-            )
-        } else {
-            err(
-                ErrorKind::PolicyDenied,
-                format!("profile {} is unsafe: {e}", profile.name),
-            )
-        }
-    })?;
-    let env = policy::build_env(target, profile, &req.env);
-    let (log, log_path) = logs::open_server_log(
-        &config.log_dir,
-        &target.name,
-        target.gid,
-        &req.server.server,
-        config.log_keep,
-    )
-    .map_err(|e| {
-        err(
-            ErrorKind::SpawnFailed,
-            format!(
-                "could not open the log file of {} under {}: {e}",
-                req.server,
-                config.log_dir.display()
-            ),
-        )
-    })?;
-    let cgroup = daemon
-        .supervisor
-        .tree()
-        .prepare(&target.name, &req.server.server, r.instance)
-        .map_err(|e| {
-            err(
-                ErrorKind::SpawnFailed,
-                format!("could not create the cgroup of {}: {e}", req.server),
-            )
-        })?;
-    let (cgroup_dir, cgroup_fd) = match cgroup {
-        Some((dir, fd)) => (Some(dir), Some(fd)),
-        None => (None, None),
-    };
-    // A start that fails leaves no cgroup behind (and nothing running in it).
-    let remove_cgroup = || {
-        if let Some(dir) = &cgroup_dir {
-            tree::discard(dir);
-        }
-    };
-    let mut argv = profile.command.clone();
-    argv.extend(req.args.iter().cloned());
-    let vars: Vec<(String, String)> = env.vars.into_iter().collect();
-    let spec = LaunchSpec::new(LaunchInput {
-        user: &target.name,
-        uid: target.uid,
-        gid: target.gid,
-        groups: &target.groups,
-        home: &target.home,
-        argv: &argv,
-        env: &vars,
-        umask: profile.umask,
-        limits: &profile.limits,
-        log,
-        cgroup: cgroup_fd,
-        timeout: config.launch_timeout,
-    })
-    .map_err(|e| {
-        remove_cgroup();
-        err(ErrorKind::SpawnFailed, e.to_string())
-    })?;
-    let launched = daemon.launcher.launch(&spec).map_err(|e| {
-        remove_cgroup();
-        err(ErrorKind::SpawnFailed, e.to_string())
-    })?;
-    let pid = launched.pid;
-    let sup = &daemon.supervisor;
-    let log_file = logs::file_id(&spec.into_log()).ok();
-    sup.record_launch(r, launched, cgroup_dir, log_path.clone(), log_file);
-    if let Err(e) = sup.persist(&req.server) {
-        // A server the next daemon could not find again must not run: take it down.
-        tracing::error!(server = %req.server, "could not record the server, stopping it: {e}");
-        sup.kill_now(&req.server, r.instance);
-        return Err(err(
-            ErrorKind::SpawnFailed,
-            format!(
-                "could not record server {} in {} ({e}); it was stopped again. Check that the \
-                 state directory is writable and not full",
-                req.server,
-                config.state_dir.display()
-            ),
-        ));
-    }
-    tracing::info!(
-        server = %req.server,
-        instance = r.instance,
-        pid,
-        uid = target.uid,
-        profile = %profile.name,
-        dropped_env = ?env.dropped,
-        "server started"
-    );
-    Ok(Started {
-        instance: r.instance,
-        pid: pid as u32,
-        dropped_env: env.dropped,
-        log_path: log_path.to_string_lossy().into_owned(),
-    })
 }
 
 /// One received packet.
@@ -846,7 +611,7 @@ struct Conn {
     socket: UnixSeqpacket,
     peer: Peer,
     role: Role,
-    limits: Limits,
+    limits: ConnectionLimits,
     flight: Mutex<Flight>,
     /// Woken whenever a request's answer has left, and when the connection is shut.
     changed: Notify,
@@ -916,7 +681,7 @@ impl Drop for Slot {
 }
 
 impl Conn {
-    fn new(socket: UnixSeqpacket, peer: Peer, role: Role, limits: Limits) -> Conn {
+    fn new(socket: UnixSeqpacket, peer: Peer, role: Role, limits: ConnectionLimits) -> Conn {
         Conn {
             socket,
             peer,
@@ -1105,50 +870,129 @@ impl Conn {
     }
 }
 
+/// Logs who asked for what and how it ended. The message itself says it all (`journalctl -u
+/// spawnd` shows only messages): "hub uid 993 pid 4711: start alice/gpu: ok", "user uid 1001
+/// pid 88: signal bob: refused (Unauthorized): ..."; the same facts are fields as well.
 fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
     let target = request
         .target()
         .map(ToString::to_string)
         .unwrap_or_default();
     let action = request.action();
-    match reply {
-        Ok(_)
-            if matches!(
-                request,
-                Request::Start(_) | Request::Stop { .. } | Request::Signal { .. }
-            ) =>
-        {
-            tracing::info!(
+    let (kind, outcome) = match reply {
+        Ok(_) => (None, "ok".to_string()),
+        Err(e) => (Some(e.kind), format!("refused ({}): {}", e.kind, e.message)),
+    };
+    let what = if target.is_empty() {
+        action.to_string()
+    } else {
+        format!("{action} {target}")
+    };
+    macro_rules! audit_event {
+        ($level:expr) => {
+            tracing::event!(
                 target: "audit",
+                $level,
                 peer_uid = peer.uid,
                 peer_pid = peer.pid,
                 %role,
                 action,
                 target,
-                "ok"
+                kind = kind.map(tracing::field::display),
+                "{role} uid {} pid {}: {what}: {outcome}",
+                peer.uid,
+                peer.pid
             )
+        };
+    }
+    // Read-only requests that succeed are frequent (the hub polls every server every 30 s),
+    // so they are audited at debug level; changes and refusals at info.
+    let changes = matches!(
+        request,
+        Request::Start(_) | Request::Stop { .. } | Request::Signal { .. }
+    );
+    if reply.is_err() || changes {
+        audit_event!(tracing::Level::INFO);
+    } else {
+        audit_event!(tracing::Level::DEBUG);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What [`audit`] writes for one request, formatted as the journal shows it (no fields).
+    fn audited(role: Role, request: &Request, reply: &Reply) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        // Read-only requests that succeed are frequent (the hub polls every server every 30 s),
-        // so they are audited at debug level.
-        Ok(_) => tracing::debug!(
-            target: "audit",
-            peer_uid = peer.uid,
-            peer_pid = peer.pid,
-            %role,
-            action,
-            target,
-            "ok"
-        ),
-        Err(e) => tracing::info!(
-            target: "audit",
-            peer_uid = peer.uid,
-            peer_pid = peer.pid,
-            %role,
-            action,
-            target,
-            kind = %e.kind,
-            "refused: {}",
-            e.message
-        ),
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let peer = Peer {
+            uid: 993,
+            gid: 993,
+            pid: 4711,
+            groups: vec![],
+        };
+        tracing::subscriber::with_default(subscriber, || audit(&peer, role, request, reply));
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_audit_message_itself_says_who_did_what_and_how_it_ended() {
+        let signal = Request::Signal {
+            server: ServerId::new("alice", "gpu"),
+            instance: None,
+            signal: 9,
+        };
+        let line = audited(
+            Role::User,
+            &signal,
+            &Err(err(
+                ErrorKind::Unauthorized,
+                "uid 993 may only act on its own servers",
+            )),
+        );
+        assert!(
+            line.contains(
+                "user uid 993 pid 4711: signal alice/gpu: refused (Unauthorized): uid 993 may \
+                 only act on its own servers"
+            ) && line.contains(" INFO "),
+            "{line}"
+        );
+        let stop = Request::Stop {
+            server: ServerId::new("alice", ""),
+            instance: None,
+            now: false,
+        };
+        let stopped = Ok(Response::Stopped {
+            instance: 1,
+            exit: spawnd_protocol::ExitStatus::Code(0),
+        });
+        let line = audited(Role::Hub, &stop, &stopped);
+        assert!(
+            line.contains("hub uid 993 pid 4711: stop alice: ok") && line.contains(" INFO "),
+            "{line}"
+        );
+        // Successful reads are frequent: debug, not info.
+        let line = audited(Role::Admin, &Request::Status, &Ok(Response::Signalled));
+        assert!(
+            line.contains("admin uid 993 pid 4711: status: ok") && line.contains("DEBUG"),
+            "{line}"
+        );
     }
 }

@@ -247,3 +247,61 @@ fn cap_name(bit: u32) -> Option<&'static str> {
     ];
     NAMES.get(bit as usize).copied()
 }
+
+/// Opens `/dev/null` on any of descriptors 0, 1 and 2 that is closed, so that no file the
+/// process opens later takes one of their numbers (and receives what is meant for standard
+/// output). Call first thing in `main`.
+pub fn open_standard_descriptors() {
+    for fd in 0..3 {
+        // SAFETY: fcntl(F_GETFD) on a number only reads its flags; open returns the lowest free
+        // number, which is `fd` when it was closed (the lower ones are open by then), and the
+        // descriptor it returns is deliberately never closed.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
+}
+
+/// The listening socket systemd passed (socket activation: `LISTEN_PID` is this process and
+/// `LISTEN_FDS` at least 1), if any, marked close-on-exec. Call once, at start-up.
+pub fn systemd_listen_fd() -> Option<OwnedFd> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    // SAFETY: systemd passes the listening socket as fd 3 (SD_LISTEN_FDS_START) and nothing
+    // else in this process owns it; this runs once, before anything else could take it.
+    let fd = unsafe { OwnedFd::from_raw_fd(3) };
+    // Servers must not inherit it: mark it close-on-exec.
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Some(fd)
+}
+
+/// `struct clone_args` of clone3(2), up to the `cgroup` field (Linux 5.7). Used by the launcher
+/// and by the benchmark's bare spawns.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// clone(2) flags not (all) in libc's constants as u64.
+pub const CLONE_PARENT: u64 = 0x8000;
+pub const CLONE_PIDFD: u64 = 0x1000;
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;

@@ -153,13 +153,11 @@ pub fn kill_cgroup(dir: &Path) -> io::Result<()> {
 /// out again once its leader is reaped and its last member gone (see
 /// `supervisor::process::Leader::kill_group`).
 pub fn kill_group(pgid: i32) -> io::Result<()> {
-    // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
-    let r = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let err = io::Error::last_os_error();
-    if r < 0 && err.raw_os_error() != Some(libc::ESRCH) {
-        return Err(err);
+    use nix::sys::signal::{Signal, killpg};
+    match killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
     }
-    Ok(())
 }
 
 /// The processes in the cgroup (`cgroup.procs`).

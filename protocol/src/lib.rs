@@ -10,6 +10,8 @@
 //! [`Request`], a response's body a [`Response`] carrying the same `id`. Enums only ever grow by
 //! appending variants, since the variant index is what goes on the wire.
 
+#![forbid(unsafe_code)]
+
 mod codec;
 mod names;
 

@@ -629,6 +629,13 @@ impl TestDaemon {
         self.client_as(&users().outsider).await
     }
 
+    /// A connected descriptor with the hub user H's credentials (for `Client::from_fd`, when
+    /// a test opens many connections at once).
+    pub fn hub_fd(&self) -> std::os::fd::OwnedFd {
+        let h = &users().hub;
+        connect_as(&self.socket, h.uid, h.gid, &h.groups).expect("connect as the hub")
+    }
+
     /// A bare packet connection with `user`'s credentials.
     pub fn raw_as(&self, user: &TestUser) -> RawConn {
         RawConn::new(

@@ -2,8 +2,12 @@
 //!
 //! These tests prove the privileged path for real: real users and groups (made with `useradd`
 //! and `groupadd`), the real `spawnd` binary listening on a real socket, clients whose kernel
-//! credentials really are those users', and servers that really change uid. They need root;
-//! run as anyone else each test prints `skipped: needs root (...)` and returns.
+//! credentials really are those users', and servers that really change uid. They need root,
+//! so every test that does carries `#[ignore = "needs root: run as root with --include-ignored"]`
+//! and starts with [`require_root!`]: run as anyone else, the test runner counts those tests as
+//! *ignored*, never as passed; run with `--include-ignored` but without root, each one fails
+//! with `needs root: ...`. The few tests that need no root (the fuzz seed corpus check) are
+//! plain `#[test]`s and run everywhere.
 //!
 //! - [`users()`] creates the test users and groups once per test process and removes them at
 //!   exit (see [`users`] for who is who).
@@ -14,17 +18,27 @@
 //! - [`procfs`] reads what the kernel says about a process (ids, groups, fds, environment).
 //! - [`RawConn`] is a bare `SOCK_SEQPACKET` connection for sending malformed packets.
 //! - [`sid`], [`start_req`], [`start`] and [`expect_err`] build requests and check answers.
+//! - [`files_under`], [`dirs_under`], [`assert_says`], [`assert_no_servers_running`],
+//!   [`check_config`] and [`raise_fd_limit`]: checks shared by several test files.
+//! - [`load`]: what the load and soak tests measure (the daemon's footprint, latencies) and
+//!   check (nothing left behind, no ERROR line).
 //!
-//! Build the binaries first: `cargo build --workspace --bins`, then
-//! `cargo test -p spawnd-tests -- --test-threads=4`.
+//! Build the binaries first: `cargo build --workspace --bins`, then, as root,
+//! `cargo test -p spawnd-tests -- --include-ignored --test-threads=4` (one file alone:
+//! `cargo test -p spawnd-tests --test core -- --include-ignored`).
 
+mod checks;
 mod cmd;
 mod daemon;
+pub mod load;
 mod peer;
 pub mod procfs;
 mod requests;
 mod users;
 
+pub use checks::{
+    assert_no_servers_running, assert_says, check_config, dirs_under, files_under, raise_fd_limit,
+};
 pub use cmd::{CmdOutput, run_with_timeout};
 pub use daemon::{
     DEFAULT_PROFILE_ENV, DaemonOptions, PROFILE_PATH, Profile, TestDaemon, TestDir, bin_path,
@@ -41,15 +55,29 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Returns from the calling test (after printing why) unless it runs as root.
+/// The first line of every test that needs root. Such a test is also marked
+/// `#[ignore = "needs root: run as root with --include-ignored"]`, so that a run without root
+/// counts it as ignored; this guard makes a run with `--include-ignored` but without root fail
+/// loudly (`needs root: ...`) instead of passing a test that checked nothing.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::is_root() {
-            eprintln!(
-                "skipped: needs root (creates users, runs the spawnd daemon, changes uids); \
-                 run `sudo -E cargo test -p spawnd-tests`"
-            );
+        assert!(
+            $crate::is_root(),
+            "needs root: this test creates users, runs the spawnd daemon and changes uids; run \
+             it as root with `cargo test -p spawnd-tests -- --include-ignored`"
+        );
+    };
+}
+
+/// Returns from the calling test (after printing why) unless the daemon `$d` got a per-server
+/// cgroup base (a writable cgroup v2 hierarchy). The test then counts as passed: the runner
+/// cannot mark a test ignored once it runs, so the printed line is what says it was skipped.
+#[macro_export]
+macro_rules! require_cgroup {
+    ($d:expr) => {
+        if $d.cgroup_base.is_none() {
+            eprintln!("skipped: needs a writable cgroup v2 hierarchy (/sys/fs/cgroup/unified)");
             return;
         }
     };

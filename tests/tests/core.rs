@@ -1,5 +1,6 @@
 //! End-to-end tests of spawnd: real users, the real daemon on a real socket, real uid changes.
-//! Each test starts its own daemon. They need root (else each prints `skipped: needs root`).
+//! Each test starts its own daemon. They need root: each is marked ignored (run them as root
+//! with `-- --include-ignored`), and fails with `needs root` if included without root.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -10,8 +11,8 @@ use spawnd_protocol::{
 };
 use spawnd_tests::{
     DEFAULT_PROFILE_ENV, DaemonOptions, PROFILE_PATH, Profile, RawConn, RawRecv, TestDaemon,
-    TestDir, TestUser, bin_path, connect_as, expect_err, procfs, ready, require_root,
-    run_with_timeout, sid, start, start_req, users, wait_for, wait_for_async,
+    TestDir, TestUser, assert_no_servers_running, bin_path, connect_as, expect_err, procfs, ready,
+    require_root, run_with_timeout, sid, start, start_req, users, wait_for, wait_for_async,
 };
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -83,19 +84,6 @@ async fn wait_exited(client: &Client, server: &ServerId) -> ExitStatus {
     })
     .await;
     exit.unwrap_or_else(|| panic!("{server} still not exited after 5 s"))
-}
-
-#[track_caller]
-fn assert_no_servers_running(d: &TestDaemon) {
-    let children = procfs::servers_of(d.pid());
-    assert!(
-        children.is_empty(),
-        "the daemon has live children (servers) it should not have: {:?}",
-        children
-            .iter()
-            .map(|&p| (p, procfs::comm(p), procfs::status_ids(p, "Uid")))
-            .collect::<Vec<_>>()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,6 +265,7 @@ async fn check_started_server(d: &TestDaemon, hub: &Client, user: &TestUser, arg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn start_runs_server_as_the_user_in_a_clean_environment() {
     require_root!();
     let u = users();
@@ -333,6 +322,7 @@ fn expect_refused(d: &TestDaemon, user: &TestUser) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn peers_without_a_role_are_disconnected() {
     require_root!();
     let u = users();
@@ -398,6 +388,7 @@ async fn peers_without_a_role_are_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn self_service_user_manages_only_own_servers() {
     require_root!();
     let u = users();
@@ -458,6 +449,7 @@ async fn self_service_user_manages_only_own_servers() {
 // 3. start policy
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn start_policy_denials() {
     require_root!();
     let u = users();
@@ -536,6 +528,7 @@ async fn start_policy_denials() {
 // 4. poll and signal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn poll_reports_running_and_exit() {
     require_root!();
     let u = users();
@@ -682,6 +675,7 @@ async fn stop_setsid(hub: &Client, user: &TestUser, cgroup_mode: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn stop_escalates_and_kills_the_whole_tree() {
     require_root!();
     let u = users();
@@ -718,6 +712,7 @@ async fn stop_escalates_and_kills_the_whole_tree() {
 // 6. stale instances
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn stale_instance_is_not_found() {
     require_root!();
     let u = users();
@@ -790,6 +785,7 @@ fn send_bad(conn: &RawConn, what: &str, packet: &[u8]) -> Option<(u32, ErrorRepl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn malformed_packets_get_errors() {
     require_root!();
     let u = users();
@@ -916,6 +912,7 @@ async fn malformed_packets_get_errors() {
 // 8. spawnctl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn spawnctl_lists_shows_logs_and_stops() {
     require_root!();
     let u = users();
@@ -981,6 +978,7 @@ async fn spawnctl_lists_shows_logs_and_stops() {
 // 9. executable safety at config load
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn unsafe_profile_executable_is_refused() {
     require_root!();
     let dir = TestDir::new();

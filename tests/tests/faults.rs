@@ -8,11 +8,11 @@
 //! user" is exact even while the other tests of this file run beside it.
 
 use spawnd_client::{Client, ClientError};
-use spawnd_protocol::{ErrorKind, ErrorReply, ExitStatus, ServerState};
+use spawnd_protocol::{ErrorKind, ExitStatus, ServerState};
 use spawnd_tests::{
-    CmdOutput, DaemonOptions, Profile, TestDaemon, TestDir, TestUser, add_test_user, bin_path,
-    expect_err, procfs, remove_from_group, require_root, run_with_timeout, sid, start, start_req,
-    users, wait_for, wait_for_async,
+    DaemonOptions, Profile, TestDaemon, TestDir, TestUser, add_test_user, assert_says,
+    check_config, expect_err, files_under, procfs, remove_from_group, require_root,
+    run_with_timeout, sid, start, start_req, users, wait_for, wait_for_async,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,35 +37,6 @@ fn options(profiles: Vec<Profile>, default: &str) -> DaemonOptions {
 /// A member of the notebook group with a home of its own.
 fn group_member(tag: &str) -> TestUser {
     add_test_user(tag, &["-m", "-G", &users().group.name])
-}
-
-#[track_caller]
-fn assert_says(reply: &ErrorReply, words: &[&str]) {
-    eprintln!("the caller was told: {}: {}", reply.kind, reply.message);
-    for w in words {
-        assert!(
-            reply.message.contains(w),
-            "the {} message should say {w:?}: {:?}",
-            reply.kind,
-            reply.message
-        );
-    }
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// The per-server cgroups of `user` (any server, any instance) under the daemon's base.
@@ -130,12 +101,6 @@ async fn assert_left_nothing(
         "a failed start is listed: {listed:?}"
     );
     admin.status().await.expect("the daemon keeps serving");
-}
-
-fn check_config(config: &Path) -> CmdOutput {
-    let mut cmd = Command::new(bin_path("spawnd", "SPAWND_BIN"));
-    cmd.arg("check-config").arg(config);
-    run_with_timeout(cmd, Duration::from_secs(20))
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -221,6 +186,7 @@ fn private_server(dir: &TestDir) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn check_config_names_a_missing_or_unexecutable_program() {
     require_root!();
     let dir = TestDir::new();
@@ -248,6 +214,7 @@ fn check_config_names_a_missing_or_unexecutable_program() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn executable_removed_or_made_unusable_after_load_fails_cleanly() {
     require_root!();
     let user = group_member("exe");
@@ -330,6 +297,7 @@ async fn executable_removed_or_made_unusable_after_load_fails_cleanly() {
 /// operator looking for the script. (A configuration naming it from the start is refused at
 /// load: here the interpreter goes away after the daemon loaded it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn missing_script_interpreter_is_named() {
     require_root!();
     let user = group_member("interp");
@@ -364,6 +332,7 @@ async fn missing_script_interpreter_is_named() {
 // 2. the user's home
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn missing_or_inaccessible_home_is_a_clear_error() {
     require_root!();
     let group = users().group.name.clone();
@@ -413,6 +382,7 @@ async fn missing_or_inaccessible_home_is_a_clear_error() {
 /// server's exit does (its instance cgroup, and the user's cgroup directory once it is empty):
 /// a hub retrying a failing start for many users must not leave a directory per user behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn failed_start_leaves_no_cgroup_directory() {
     require_root!();
     let group = users().group.name.clone();
@@ -445,6 +415,7 @@ async fn failed_start_leaves_no_cgroup_directory() {
 // 3. a server that exits at once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn server_that_exits_at_once_reports_its_status_and_output() {
     require_root!();
     let user = group_member("quick");
@@ -546,6 +517,7 @@ fn nproc_soft(pid: u32) -> String {
 /// the child itself is counted) and its execve fails with EAGAIN. The caller must learn that the user is at their process
 /// limit (not be told to check the file's permissions), and nothing may be left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn exhausted_process_limit_is_a_clear_error() {
     require_root!();
     let user = group_member("nproc");
@@ -595,6 +567,7 @@ async fn exhausted_process_limit_is_a_clear_error() {
 // 5. the state directory full or unwritable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn full_state_directory_fails_the_start_and_kills_the_server() {
     require_root!();
     let user = group_member("statefull");
@@ -637,6 +610,7 @@ async fn full_state_directory_fails_the_start_and_kills_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn unwritable_state_directory_fails_the_start_and_kills_the_server() {
     require_root!();
     let user = group_member("stateperm");
@@ -668,6 +642,7 @@ async fn unwritable_state_directory_fails_the_start_and_kills_the_server() {
 // 6. the log directory full or unwritable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn full_or_unwritable_log_directory_fails_the_start_cleanly() {
     require_root!();
     let user = group_member("logfull");
@@ -734,6 +709,7 @@ async fn full_or_unwritable_log_directory_fails_the_start_cleanly() {
 // 7. a user removed from the group while their server runs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn user_removed_from_the_group_keeps_the_server_but_cannot_start_another() {
     require_root!();
     let user = group_member("gone");
@@ -803,6 +779,7 @@ fn hard_limit(pid: u32, row: &str) -> Option<u64> {
 /// a limit the daemon cannot grant (it can only lower its own) fails the start, naming the
 /// limits, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn profile_limits_reach_the_server_or_fail_clearly() {
     require_root!();
     let user = group_member("lim");

@@ -138,6 +138,7 @@ fn token(tag: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn a_child_that_became_the_user_holds_nothing_but_its_own_launch() {
     require_root!();
     let u = users();
@@ -250,6 +251,7 @@ fn a_child_that_became_the_user_holds_nothing_but_its_own_launch() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn a_stalled_child_delays_no_other_launch_and_is_killed_after_its_timeout() {
     require_root!();
     let u = users();
@@ -309,6 +311,7 @@ fn a_stalled_child_delays_no_other_launch_and_is_killed_after_its_timeout() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn a_launcher_that_dies_is_replaced_and_its_launches_in_flight_fail_cleanly() {
     require_root!();
     let u = users();
@@ -396,6 +399,7 @@ fn a_launcher_that_dies_is_replaced_and_its_launches_in_flight_fail_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn a_failed_clone_is_an_error_and_leaves_no_descriptor_behind() {
     require_root!();
     let Some(root) = cgroup_v2_root() else {
@@ -454,6 +458,7 @@ fn a_failed_clone_is_an_error_and_leaves_no_descriptor_behind() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn many_launches_at_once_all_run_and_leave_the_launcher_as_it_was() {
     require_root!();
     let u = users();

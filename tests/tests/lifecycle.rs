@@ -5,8 +5,8 @@
 use spawnd_client::{Client, ClientError};
 use spawnd_protocol::{ErrorKind, ExitStatus, ServerId, ServerState, StartRequest};
 use spawnd_tests::{
-    DaemonOptions, Profile, TestDaemon, procfs, require_root, sid, standard_profiles, start,
-    start_req, users, wait_for, wait_for_async,
+    DaemonOptions, Profile, TestDaemon, procfs, require_cgroup, require_root, sid,
+    standard_profiles, start, start_req, users, wait_for, wait_for_async,
 };
 use std::time::Duration;
 
@@ -44,16 +44,9 @@ fn options() -> DaemonOptions {
     }
 }
 
-/// These tests need per-server cgroups: a server that outlives its daemon is not the new
-/// daemon's child, so only its cgroup lets the harness clean up whatever a failure leaves.
-macro_rules! require_cgroup {
-    ($d:expr) => {
-        if $d.cgroup_base.is_none() {
-            eprintln!("skipped: needs a writable cgroup v2 hierarchy (/sys/fs/cgroup/unified)");
-            return;
-        }
-    };
-}
+// Most tests here need per-server cgroups (`require_cgroup!`): a server that outlives its
+// daemon is not the new daemon's child, so only its cgroup lets the harness clean up whatever
+// a failure leaves.
 
 async fn wait_log_line(c: &Client, id: &ServerId, needle: &str) -> Vec<String> {
     wait_for_async(Duration::from_secs(5), || async {
@@ -83,6 +76,7 @@ fn gone(pid: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn socket_activated_daemon_serves() {
     require_root!();
     let u = users();
@@ -114,6 +108,7 @@ async fn socket_activated_daemon_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn kill9_daemon_then_servers_are_readopted() {
     require_root!();
     let u = users();
@@ -193,6 +188,7 @@ async fn kill9_daemon_then_servers_are_readopted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn recorded_pid_of_another_process_is_never_signalled() {
     require_root!();
     let u = users();
@@ -253,6 +249,7 @@ async fn recorded_pid_of_another_process_is_never_signalled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn sigterm_keeps_servers_unless_on_shutdown_stop() {
     require_root!();
     let u = users();
@@ -299,6 +296,7 @@ async fn sigterm_keeps_servers_unless_on_shutdown_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     require_root!();
     let u = users();
@@ -361,6 +359,7 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn corrupt_state_is_set_aside_and_servers_recovered_from_cgroups() {
     require_root!();
     let u = users();
@@ -407,6 +406,7 @@ async fn corrupt_state_is_set_aside_and_servers_recovered_from_cgroups() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn log_stays_attached_and_signals_work_after_restart() {
     require_root!();
     let u = users();
@@ -440,6 +440,7 @@ fn cap_mask(status_path: &str, field: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn daemon_keeps_only_needed_capabilities_and_servers_have_none() {
     require_root!();
     let u = users();
@@ -492,6 +493,7 @@ async fn daemon_keeps_only_needed_capabilities_and_servers_have_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn systemd_is_told_ready_status_and_watchdog() {
     require_root!();
     // A stand-in for systemd's notification socket: the real sd_notify datagrams arrive here.
@@ -543,6 +545,7 @@ async fn systemd_is_told_ready_status_and_watchdog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn servers_do_not_share_a_session_keyring() {
     require_root!();
     if std::process::Command::new("keyctl")
@@ -581,6 +584,7 @@ async fn servers_do_not_share_a_session_keyring() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn servers_start_past_the_inherited_fd_limit_and_get_it_back() {
     require_root!();
     let u = users();
@@ -611,6 +615,7 @@ async fn servers_start_past_the_inherited_fd_limit_and_get_it_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_server_runs_in_its_own_cgroup_from_birth() {
     require_root!();
     let u = users();

@@ -11,16 +11,9 @@ use spawnd_protocol::{
 };
 use spawnd_tests::{
     DaemonOptions, Profile, RawConn, RawRecv, TestDaemon, TestUser, add_test_user, connect_as,
-    procfs, require_root, sid, start, start_req, users, wait_for_async,
+    procfs, raise_fd_limit, require_root, sid, start, start_req, users, wait_for_async,
 };
 use std::time::{Duration, Instant};
-
-/// This test process opens many sockets: allow it its hard limit of descriptors.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
-}
 
 fn options(extra: &str) -> DaemonOptions {
     DaemonOptions {
@@ -49,6 +42,7 @@ fn is_closed(conn: &RawConn, timeout: Duration) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_thousand_concurrent_connections_are_served() {
     require_root!();
     raise_fd_limit();
@@ -107,6 +101,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_flood_past_the_limit_gets_busy_while_established_clients_keep_answers() {
     require_root!();
     raise_fd_limit();
@@ -165,6 +160,7 @@ async fn a_flood_past_the_limit_gets_busy_while_established_clients_keep_answers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn silent_connections_are_dropped_and_block_nobody() {
     require_root!();
     let d = TestDaemon::start(options("first_request_timeout = 0.5"));
@@ -191,6 +187,7 @@ async fn silent_connections_are_dropped_and_block_nobody() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn too_many_requests_in_flight_get_busy() {
     require_root!();
     let u = users();
@@ -300,6 +297,7 @@ fn self_service(extra: &str) -> DaemonOptions {
 /// Security review, issue 11 item 7: four self-service users holding idle connections could
 /// take every connection there is, and the hub and root got `Busy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn self_service_users_at_their_limit_cannot_lock_out_the_hub_or_root() {
     require_root!();
     raise_fd_limit();
@@ -358,6 +356,7 @@ async fn self_service_users_at_their_limit_cannot_lock_out_the_hub_or_root() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn self_service_users_together_stay_within_max_user_connections() {
     require_root!();
     let u = users();
@@ -406,6 +405,7 @@ async fn self_service_users_together_stay_within_max_user_connections() {
 /// Issue 11 item 7: only the first request had a timeout, so a peer could hold a connection for
 /// ever by going quiet after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn idle_connections_are_closed_and_those_with_a_request_in_flight_are_not() {
     require_root!();
     let u = users();
@@ -476,6 +476,7 @@ async fn idle_connections_are_closed_and_those_with_a_request_in_flight_are_not(
 
 /// What each client does with a connection the daemon closed while it was idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn clients_after_an_idle_close() {
     require_root!();
     let d = TestDaemon::start(options("idle_timeout = 1"));
@@ -531,6 +532,7 @@ async fn clients_after_an_idle_close() {
 /// keep every answer (3,000 requests 2 ms apart: 18 → 473 MB), and was never disconnected.
 /// Runs with the default send_timeout (10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_peer_that_does_not_read_its_answers_is_disconnected_and_does_not_grow_the_daemon() {
     require_root!();
     const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -627,6 +629,7 @@ async fn a_peer_that_does_not_read_its_answers_is_disconnected_and_does_not_grow
 /// second for the request its `Busy` answers, and used to keep a descriptor for it, one per
 /// attempt. At most 64 refusals wait at once; the others are closed unread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn refused_connections_cannot_pile_up() {
     require_root!();
     raise_fd_limit();

@@ -1,7 +1,8 @@
 //! End-to-end tests of what the daemon checks about the program a profile runs beyond the
 //! command itself (security review, issue 11, items 5 and 6): the `#!` interpreter of a script,
 //! and the directory that directly holds the program. Real users, the real daemon on a real
-//! socket. They need root (else each prints `skipped: needs root`).
+//! socket. They need root: each is marked ignored (run them as root with
+//! `-- --include-ignored`), and fails with `needs root` if included without root.
 //!
 //! The attack: an outsider (a local user in none of spawnd's groups) owns a directory with a
 //! fake `python`; a root-owned script in a root-owned directory names it in its `#!` line. The
@@ -11,10 +12,11 @@
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use spawnd_client::Client;
-use spawnd_protocol::{ErrorKind, ErrorReply};
+use spawnd_protocol::ErrorKind;
 use spawnd_tests::{
-    CmdOutput, DaemonOptions, Profile, TestDaemon, TestDir, TestUser, bin_path, expect_err, procfs,
-    require_root, run_with_timeout, sid, start_req, users, wait_for,
+    DaemonOptions, Profile, TestDaemon, TestDir, TestUser, assert_no_servers_running, assert_says,
+    bin_path, check_config, expect_err, require_root, run_with_timeout, sid, start_req, users,
+    wait_for,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -110,34 +112,6 @@ fn write(path: &Path, text: &str, mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
-fn check_config(config: &Path) -> CmdOutput {
-    let mut cmd = Command::new(bin_path("spawnd", "SPAWND_BIN"));
-    cmd.arg("check-config").arg(config);
-    run_with_timeout(cmd, Duration::from_secs(20))
-}
-
-#[track_caller]
-fn assert_says(reply: &ErrorReply, words: &[&str]) {
-    eprintln!("the hub was told: {}: {}", reply.kind, reply.message);
-    for w in words {
-        assert!(
-            reply.message.contains(w),
-            "the {} message should say {w:?}: {:?}",
-            reply.kind,
-            reply.message
-        );
-    }
-}
-
-#[track_caller]
-fn assert_no_servers_running(d: &TestDaemon) {
-    let children = procfs::servers_of(d.pid());
-    assert!(
-        children.is_empty(),
-        "the daemon has live children (servers) it should not have: {children:?}"
-    );
-}
-
 /// Starts `user`'s server, waits until the interpreter has written `marker`, stops it.
 async fn start_and_stop(hub: &Client, user: &TestUser, attack: &Attack, marker: &str) {
     let id = sid(&user.name, "");
@@ -161,6 +135,7 @@ async fn start_and_stop(hub: &Client, user: &TestUser, attack: &Attack, marker: 
 /// check-config (and so the daemon's start and every reload) refuses a script whose `#!`
 /// interpreter another user controls, naming the interpreter.
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn check_config_refuses_an_interpreter_another_user_controls() {
     require_root!();
     let dir = TestDir::new();
@@ -229,6 +204,7 @@ fn check_config_refuses_an_interpreter_another_user_controls() {
 /// outsider's code never runs; a reload refuses it too. So is an interpreter whose directory
 /// becomes sticky and world-writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_start_refuses_an_interpreter_made_unsafe_after_load() {
     require_root!();
     let user = &users().a;
@@ -342,6 +318,7 @@ async fn a_start_refuses_an_interpreter_made_unsafe_after_load() {
 /// A program directly in a sticky world-writable directory is refused; two levels below one
 /// it is accepted.
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn check_config_refuses_a_program_directly_in_a_sticky_directory() {
     require_root!();
     let dir = TestDir::new();

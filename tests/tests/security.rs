@@ -10,8 +10,8 @@
 use spawnd_client::Client;
 use spawnd_protocol::{ErrorKind, StartRequest};
 use spawnd_tests::{
-    DaemonOptions, Profile, TestDaemon, TestUser, expect_err, procfs, require_root, sid,
-    standard_profiles, start, start_req, users, wait_for, wait_for_async,
+    DaemonOptions, Profile, TestDaemon, TestUser, expect_err, procfs, require_cgroup, require_root,
+    sid, standard_profiles, start, start_req, users, wait_for, wait_for_async,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,15 +25,6 @@ fn options(extra: &str) -> DaemonOptions {
         extra_config: format!("{extra}\n"),
         ..DaemonOptions::default()
     }
-}
-
-macro_rules! require_cgroup {
-    ($d:expr) => {
-        if $d.cgroup_base.is_none() {
-            eprintln!("skipped: needs a writable cgroup v2 hierarchy (/sys/fs/cgroup/unified)");
-            return;
-        }
-    };
 }
 
 /// Freezes `user`'s directory under the daemon's cgroup base: every server process of that
@@ -110,6 +101,7 @@ fn is_gone(pid: u32) -> bool {
 /// CLONE_VM it did, until its exec: ptrace with suid_dumpable=1, core dumps with 2, and a
 /// SIGQUIT that killed the daemon on kernels before 5.16).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_new_server_process_never_shares_the_daemons_memory() {
     require_root!();
     let u = users();
@@ -136,6 +128,7 @@ async fn a_new_server_process_never_shares_the_daemons_memory() {
 /// report pipes: a stalled child kept another start from seeing its exec, and the launch
 /// watchdog then killed that other user's running server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_stalled_start_never_holds_up_another_users_start() {
     require_root!();
     let u = users();
@@ -185,6 +178,7 @@ async fn a_stalled_start_never_holds_up_another_users_start() {
 /// Finding 4: a process killed before its exec (by its user, or the OOM killer) is a failed
 /// start with the reason, not a server reported as started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_server_process_killed_before_its_exec_is_a_failed_start() {
     require_root!();
     let u = users();
@@ -221,6 +215,7 @@ async fn a_server_process_killed_before_its_exec_is_a_failed_start() {
 /// goes on without it (the daemon watches that process itself); and it is replaced for the
 /// next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_launcher_that_dies_fails_its_starts_and_is_replaced() {
     require_root!();
     let u = users();
@@ -311,6 +306,7 @@ fn impostor_with_pid(pid: u32, user: &TestUser) -> Option<std::process::Child> {
 /// its parent reaps it, and an unrelated process of another user gets its pid and leads a
 /// group with that id; when the daemon resumes and sees the exit, that process must survive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_process_group_is_never_signalled_after_its_leader_is_gone() {
     require_root!();
     let u = users();
@@ -399,6 +395,7 @@ fn forge_record(d: &TestDaemon, server: &str, fields: serde_json::Value) {
 /// file outside the log directory or a cgroup outside the daemon's base must not make the
 /// daemon signal, read or kill them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn forged_state_records_are_checked_before_anything_they_name_is_used() {
     require_root!();
     let u = users();
@@ -496,6 +493,7 @@ async fn forged_state_records_are_checked_before_anything_they_name_is_used() {
 /// second passwd entry with the same uid (as `toor` is for `root` on some systems, or an alias
 /// a directory service answers to) must not get the denied account a server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn deny_users_holds_for_every_name_of_the_account() {
     require_root!();
     let u = users();
@@ -544,6 +542,7 @@ async fn deny_users_holds_for_every_name_of_the_account() {
 /// name: a hard link placed in a log directory (to a file of root's) is never read back by
 /// `logs`, and with `log_keep = 0` the file behind it is never emptied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_hard_link_in_a_log_directory_is_never_read_back_or_emptied() {
     require_root!();
     let u = users();
@@ -597,6 +596,7 @@ fn wait_until_cut(path: &std::path::Path) -> Result<String, u64> {
 /// Finding 9: logs are root's and outside their users' quotas, so a server that prints
 /// without end must not fill the log file system: past `log_max_size` its oldest part is cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_log_that_grows_past_log_max_size_is_cut() {
     require_root!();
     let u = users();
@@ -629,6 +629,7 @@ async fn a_log_that_grows_past_log_max_size_is_cut() {
 /// in a log (retitle, clear, rewrite the screen; some terminals answer back) are shown as
 /// visible escapes, on a terminal (here a pseudo-terminal made by `script`) and through a pipe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn spawnctl_logs_shows_escape_sequences_harmlessly_on_a_terminal() {
     require_root!();
     let u = users();
@@ -677,6 +678,7 @@ async fn spawnctl_logs_shows_escape_sequences_harmlessly_on_a_terminal() {
 /// without changing the log's size (`fallocate` with `FALLOC_FL_KEEP_SIZE`); that space counts
 /// against `log_max_size` too and is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn space_allocated_past_a_logs_end_counts_against_log_max_size() {
     require_root!();
     let u = users();
@@ -728,6 +730,7 @@ async fn space_allocated_past_a_logs_end_counts_against_log_max_size() {
 /// A second name for a running server's log (a hard link, which its user can make only where
 /// `fs.protected_hardlinks` is off) does not exempt the log from `log_max_size`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
 async fn a_log_with_a_second_name_is_still_cut() {
     require_root!();
     let u = users();

@@ -1,5 +1,7 @@
 //! `spawnctl`: look at and control the servers spawnd supervises.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -316,23 +318,23 @@ fn render_status(status: &DaemonStatus) -> String {
 /// `\x1b`-style escape, so that a user's output cannot retitle, recolour, rewrite, disguise or
 /// answer back through the terminal of the admin who reads it.
 fn escape_controls(line: &str) -> std::borrow::Cow<'_, str> {
-    fn unsafe_char(c: char) -> bool {
+    fn needs_escape(c: char) -> bool {
         (c.is_control() && c != '\t')
             || matches!(
                 c,
                 '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
             )
     }
-    if !line.chars().any(unsafe_char) {
+    if !line.chars().any(needs_escape) {
         return std::borrow::Cow::Borrowed(line);
     }
     let mut out = String::with_capacity(line.len() + 8);
     for c in line.chars() {
         match c {
-            c if unsafe_char(c) && (c as u32) < 0x100 => {
+            c if needs_escape(c) && (c as u32) < 0x100 => {
                 out.push_str(&format!("\\x{:02x}", c as u32))
             }
-            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
             c => out.push(c),
         }
     }

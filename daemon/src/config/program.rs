@@ -29,7 +29,8 @@
 //! ([`ProgramProblem::CannotRun`]); one that someone other than root could change, or that
 //! cannot be checked, is refused ([`ProgramProblem::Unsafe`]).
 
-use super::{PathError, PathProblem, Walked, check_executable, inspect};
+use super::accounts::user_and_uid;
+use super::paths::{PathError, PathProblem, Walked, check_executable, inspect};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
@@ -516,10 +517,7 @@ impl Checker<'_> {
             );
             (why, "chmod go-w")
         } else {
-            let why = format!(
-                "is owned by {}, not root",
-                super::describe_owner(meta.uid())
-            );
+            let why = format!("is owned by {}, not root", user_and_uid(meta.uid()));
             (why, "chown root")
         };
         Err(self.fail(

@@ -61,7 +61,7 @@ impl Step {
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// The child reported a failed step.
-    #[error("{}", describe(*step, *errno, spec))]
+    #[error("{}", step_failure_message(*step, *errno, spec))]
     Child {
         step: Step,
         errno: i32,
@@ -125,7 +125,8 @@ pub struct SpecSummary {
     pub sets_nproc: bool,
 }
 
-fn describe(step: Step, errno: i32, s: &SpecSummary) -> String {
+/// The message of a failed set-up step: what failed, for whom, and what the operator can do.
+fn step_failure_message(step: Step, errno: i32, s: &SpecSummary) -> String {
     let err = io::Error::from_raw_os_error(errno);
     let user = &s.user;
     match step {
@@ -270,7 +271,7 @@ pub struct LaunchInput<'a> {
     pub env: &'a [(String, String)],
     pub umask: u32,
     /// The profile's resource limits (soft = hard).
-    pub limits: &'a [(crate::config::Limit, u64)],
+    pub limits: &'a [(crate::config::Rlimit, u64)],
     /// Where stdout and stderr go.
     pub log: OwnedFd,
     /// The server's cgroup directory, if it has one: the process is created inside it.
@@ -317,7 +318,7 @@ impl LaunchSpec {
         let mut limits = Vec::new();
         let mut nofile = None;
         for &(limit, value) in input.limits {
-            if limit == crate::config::Limit::Nofile {
+            if limit == crate::config::Rlimit::Nofile {
                 nofile = Some(value);
             } else {
                 limits.push((limit.resource(), value));
@@ -357,7 +358,7 @@ impl LaunchSpec {
                 sets_nproc: input
                     .limits
                     .iter()
-                    .any(|(l, _)| *l == crate::config::Limit::Nproc),
+                    .any(|(l, _)| *l == crate::config::Rlimit::Nproc),
             },
         })
     }

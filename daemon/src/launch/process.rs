@@ -19,6 +19,7 @@
 
 use super::child::{self, ChildSpec};
 use super::wire::{self, Method, Outcome, Reply, Request};
+use crate::sys::{CLONE_INTO_CGROUP, CLONE_PARENT, CLONE_PIDFD, CloneArgs};
 use std::ffi::c_char;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -28,27 +29,6 @@ pub const CHANNEL_FD: RawFd = 3;
 
 /// The one byte the launcher sends on its channel once it is ready for requests.
 pub const READY: u8 = 1;
-
-/// `struct clone_args` of clone3(2), up to the `cgroup` field (Linux 5.7).
-#[repr(C)]
-#[derive(Debug, Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_PARENT: u64 = 0x8000;
-const CLONE_PIDFD: u64 = 0x1000;
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Why the launcher stopped.
 #[derive(Debug, thiserror::Error)]

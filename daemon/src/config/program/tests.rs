@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::tests::{TempDir, make_dir, make_file, needs_root, set_mode};
+use crate::config::testing::{TempDir, make_dir, make_file, require_root, set_mode};
 use std::os::unix::fs::symlink;
 use std::process::Command;
 
@@ -21,7 +21,7 @@ fn command(argv: &[&Path]) -> Vec<String> {
 
 /// `check_program` of one executable with the default path.
 fn check(program: &Path) -> Result<(), ProgramError> {
-    check_program(&command(&[program]), super::super::DEFAULT_SERVER_PATH)
+    check_program(&command(&[program]), crate::config::DEFAULT_SERVER_PATH)
 }
 
 #[track_caller]
@@ -292,10 +292,9 @@ fn system_programs_pass() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn scripts_and_their_interpreters() {
-    if !needs_root("scripts_and_their_interpreters") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("chain");
     let base = dir.path();
     let bin = base.join("bin");
@@ -422,10 +421,9 @@ fn scripts_and_their_interpreters() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn nested_interpreters_stop_at_four() {
-    if !needs_root("nested_interpreters_stop_at_four") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("nest");
     // s0 runs /bin/sh; s(i) runs s(i-1): executing s(n) goes through n + 1 interpreters.
     let mut previous = PathBuf::from("/bin/sh");
@@ -445,10 +443,9 @@ fn nested_interpreters_stop_at_four() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn sticky_directories() {
-    if !needs_root("sticky_directories") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("sticky");
     let base = dir.path();
     let sticky = base.join("sticky");
@@ -515,10 +512,9 @@ fn sticky_directories() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn env_finds_its_program_in_the_profiles_path() {
-    if !needs_root("env_finds_its_program_in_the_profiles_path") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("env");
     let base = dir.path();
     let bin = base.join("bin");
@@ -706,10 +702,9 @@ fn run_when_not_busy(program: &Path) -> std::process::Output {
 
 /// A copy of /bin/true whose PT_INTERP names a loader in a directory the test controls.
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn the_elf_interpreter_is_checked() {
-    if !needs_root("the_elf_interpreter_is_checked") {
-        return;
-    }
+    require_root();
     let original = fs::read("/bin/true").unwrap();
     let real_ld = elf_interpreter(&File::open("/bin/true").unwrap(), &original[..256])
         .unwrap()
@@ -774,10 +769,9 @@ fn the_elf_interpreter_is_checked() {
 }
 
 #[test]
+#[ignore = "needs root: run as root with --include-ignored"]
 fn profiles_report_the_chain_under_the_command_key() {
-    if !needs_root("profiles_report_the_chain_under_the_command_key") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("profile");
     let bin = dir.path().join("bin");
     make_dir(&bin, 0o755);
@@ -793,7 +787,7 @@ fn profiles_report_the_chain_under_the_command_key() {
             run.display().to_string()
         )
     };
-    let problems = |text: &str| match super::super::Config::parse(text, Path::new("/x.toml")) {
+    let problems = |text: &str| match crate::config::Config::parse(text, Path::new("/x.toml")) {
         Ok(_) => panic!("expected problems for:\n{text}"),
         Err(e) => e.problems,
     };
@@ -823,7 +817,7 @@ fn profiles_report_the_chain_under_the_command_key() {
 
     // env searches the profile's path; a bad path is reported once, under path.
     write_script(&run, "#!/usr/bin/env sh\n", 0o755);
-    super::super::Config::parse(&config(&run, "path = \"/usr/bin:/bin\""), Path::new("/x"))
+    crate::config::Config::parse(&config(&run, "path = \"/usr/bin:/bin\""), Path::new("/x"))
         .unwrap();
     let found = problems(&config(
         &run,
