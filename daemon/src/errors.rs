@@ -10,6 +10,7 @@
 use crate::auth::Denied;
 use crate::policy::PolicyError;
 use crate::start::StartError;
+use crate::supervisor::SupervisorError;
 use spawnd_protocol::{ErrorKind, ErrorReply};
 
 fn reply(kind: ErrorKind, error: &impl std::fmt::Display) -> ErrorReply {
@@ -49,6 +50,23 @@ impl From<StartError> for ErrorReply {
             | StartError::Cgroup { .. }
             | StartError::Launch(_)
             | StartError::Record { .. } => ErrorKind::SpawnFailed,
+        };
+        reply(kind, &e)
+    }
+}
+
+impl From<SupervisorError> for ErrorReply {
+    fn from(e: SupervisorError) -> ErrorReply {
+        let kind = match &e {
+            SupervisorError::NotFound(_)
+            | SupervisorError::StaleInstance { .. }
+            | SupervisorError::NoProcess { .. }
+            | SupervisorError::JustExited(_) => ErrorKind::NotFound,
+            SupervisorError::AlreadyRunning { .. } => ErrorKind::AlreadyRunning,
+            SupervisorError::StillStarting(_) => ErrorKind::Busy,
+            SupervisorError::Signal { .. } | SupervisorError::StuckInKernel { .. } => {
+                ErrorKind::Internal
+            }
         };
         reply(kind, &e)
     }

@@ -9,12 +9,16 @@
 //!   nothing with it), its async-signal-safe child that becomes the user, the daemon's side;
 //! - [`logs`]: per-server log files, opened safely as root, and their tails;
 //! - [`tree`]: finding and killing a server's whole process tree (cgroup v2 or process group);
-//! - [`supervisor`]: the table of servers, exit events from pidfds, stop escalation;
+//! - [`host`]: what the supervisor asks of the system (pidfds, `/proc`, cgroups, users), as a
+//!   trait with a fake for the unit tests;
+//! - [`supervisor`]: the table of servers, exit events from pidfds, stop escalation, recovery;
+//! - [`errors`]: the typed errors turned into the wire's `ErrorReply`, in one place;
 //! - [`server`]: the socket, connections and request dispatch, with auditing.
 
 pub mod auth;
 pub mod config;
 pub mod errors;
+pub mod host;
 pub mod launch;
 pub mod log_limit;
 pub mod logging;

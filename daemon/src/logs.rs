@@ -9,13 +9,26 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// The file name used for a server: the server name, or `@default` for the default server
-/// (`@` is never allowed in server names, so the two cannot collide).
+/// The file stem of the default server (`@` is never allowed in server names, so it cannot
+/// collide with a server's name).
+const DEFAULT_SERVER_STEM: &str = "@default";
+
+/// The file name used for a server (log, state record, cgroup): the server name, or
+/// `@default` for the default server. [`server_of_file_stem`] reads it back.
 pub fn server_file_stem(server: &str) -> &str {
     if server.is_empty() {
-        "@default"
+        DEFAULT_SERVER_STEM
     } else {
         server
+    }
+}
+
+/// The server a file stem names: the inverse of [`server_file_stem`].
+pub fn server_of_file_stem(stem: &str) -> &str {
+    if stem == DEFAULT_SERVER_STEM {
+        ""
+    } else {
+        stem
     }
 }
 

@@ -230,7 +230,7 @@ async fn shutdown(daemon: &Daemon) {
                 let sup = daemon.supervisor().clone();
                 tokio::spawn(async move {
                     if let Err(e) = sup.stop(&id, None, false).await {
-                        tracing::error!(server = %id, "could not stop at shutdown: {}", e.message);
+                        tracing::error!(server = %id, "could not stop at shutdown: {e}");
                     }
                 })
             })

@@ -372,7 +372,10 @@ impl Daemon {
         let sup = &self.supervisor;
         match request {
             Request::Start(start) => self.start(peer, start).await,
-            Request::Poll { server, instance } => sup.poll(server, *instance).map(Response::Polled),
+            Request::Poll { server, instance } => sup
+                .poll(server, *instance)
+                .map(Response::Polled)
+                .map_err(ErrorReply::from),
             Request::Stop {
                 server,
                 instance,
@@ -380,14 +383,16 @@ impl Daemon {
             } => sup
                 .stop(server, *instance, *now)
                 .await
-                .map(|(instance, exit)| Response::Stopped { instance, exit }),
+                .map(|(instance, exit)| Response::Stopped { instance, exit })
+                .map_err(ErrorReply::from),
             Request::Signal {
                 server,
                 instance,
                 signal,
             } => sup
                 .signal(server, *instance, *signal)
-                .map(|()| Response::Signalled),
+                .map(|()| Response::Signalled)
+                .map_err(ErrorReply::from),
             Request::List { after, limit } => {
                 let viewer = match scope {
                     Scope::All => Viewer::All,

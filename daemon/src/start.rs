@@ -175,7 +175,7 @@ pub fn start(
     let pid = launched.pid;
     let instance = claim.instance;
     let log_file = logs::file_id(&spec.into_log()).ok();
-    supervisor.running(
+    supervisor.record_launch(
         claim.reservation(),
         launched,
         cgroup.commit(),

@@ -2,6 +2,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// Opens a pidfd for `pid`. The caller must make sure `pid` cannot have been recycled (for
 /// example: it is our own child and not yet reaped).
@@ -78,6 +81,16 @@ pub fn wait_pidfd_readable(pidfd: BorrowedFd<'_>) -> io::Result<()> {
             return Err(e);
         }
     }
+}
+
+/// Registers a pidfd with tokio's event loop, to learn of the process's exit (the pidfd
+/// becomes readable) without a thread. Must be called within a tokio runtime.
+pub fn register_pidfd(pidfd: Arc<OwnedFd>) -> io::Result<AsyncFd<Arc<OwnedFd>>> {
+    // SAFETY: the AsyncFd owns this clone of the Arc, so the descriptor stays open, and names
+    // the same pidfd, for as long as it is registered: an OwnedFd is never replaced, and is
+    // closed only when the last Arc goes.
+    let registered = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
+    Ok(registered?)
 }
 
 fn waitid(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<Option<Reaped>> {

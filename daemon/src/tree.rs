@@ -86,6 +86,14 @@ pub fn cgroup_dir(base: &Path, user: &str, server: &str, instance: u64) -> PathB
     ))
 }
 
+/// The server and instance a server cgroup's directory name (`<server or @default>.<instance>`)
+/// stands for: the inverse of [`cgroup_dir`]'s last component.
+pub fn parse_cgroup_name(name: &str) -> Option<(&str, u64)> {
+    let (stem, instance) = name.rsplit_once('.')?;
+    let instance = instance.parse().ok()?;
+    Some((crate::logs::server_of_file_stem(stem), instance))
+}
+
 /// The daemon's own cgroup v2 directory + `/spawnd`. Among the cgroup2 mounts (there may be
 /// several, some showing only a subtree), the one whose root is the hierarchy's root and where
 /// the daemon's own cgroup really lists the daemon is the right one.
@@ -143,13 +151,22 @@ pub fn kill_cgroup(dir: &Path) -> io::Result<()> {
 /// SIGKILLs the process group `pgid` (process-group mode: a server's group id is its pid).
 /// Only for a caller that knows the group's leader has not been reaped: a group id is handed
 /// out again once its leader is reaped and its last member gone (see
-/// `supervisor::Leader::kill_group`).
+/// `supervisor::process::Leader::kill_group`).
 pub fn kill_group(pgid: i32) -> io::Result<()> {
     use nix::sys::signal::{Signal, killpg};
     match killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(e) => Err(io::Error::from(e)),
     }
+}
+
+/// The processes in the cgroup (`cgroup.procs`).
+pub fn cgroup_procs(dir: &Path) -> io::Result<Vec<i32>> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+    Ok(procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
 }
 
 /// Whether the cgroup still holds processes (`populated 1` in `cgroup.events`).
@@ -170,34 +187,32 @@ pub fn discard(dir: &Path) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let _ = std::fs::remove_dir(dir);
-    if let Some(user_dir) = dir.parent() {
-        let _ = std::fs::remove_dir(user_dir);
-    }
+    let _ = remove_cgroup(dir);
 }
 
-/// Kills whatever is left in a server's cgroup after its main process exited, waits (bounded)
-/// until the cgroup is empty, and removes it.
-pub async fn reap_tree(dir: PathBuf, timeout: Duration) -> io::Result<()> {
-    if populated(&dir) {
-        kill_cgroup(&dir)?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut wait = Duration::from_millis(1);
-        while populated(&dir) {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("processes in {} survived SIGKILL", dir.display()),
-                ));
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(20));
-        }
-    }
-    std::fs::remove_dir(&dir)?;
+/// Removes an empty server cgroup and, when no other server of the user has one, the user's
+/// directory.
+pub fn remove_cgroup(dir: &Path) -> io::Result<()> {
+    std::fs::remove_dir(dir)?;
     if let Some(user_dir) = dir.parent() {
         // Only succeeds when no other server of this user has a cgroup.
         let _ = std::fs::remove_dir(user_dir);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_names_read_back_as_they_are_made() {
+        for server in ["", "lab", "lab.v2"] {
+            let dir = cgroup_dir(Path::new("/cg"), "alice", server, 42);
+            let name = dir.file_name().and_then(|n| n.to_str()).expect("a name");
+            assert_eq!(parse_cgroup_name(name), Some((server, 42)), "{name}");
+        }
+        assert_eq!(parse_cgroup_name("@default"), None);
+        assert_eq!(parse_cgroup_name("lab.v2"), None);
+    }
 }
