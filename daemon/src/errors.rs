@@ -44,7 +44,7 @@ impl From<StartError> for ErrorReply {
             | StartError::ArgumentsNotAllowed { .. }
             | StartError::ProgramUnsafe { .. } => ErrorKind::PolicyDenied,
             StartError::Policy(policy) => policy_kind(policy),
-            StartError::Claim(claim) => return claim.clone(),
+            StartError::Claim(claim) => supervisor_kind(claim),
             StartError::ProgramCannotRun { .. }
             | StartError::Log { .. }
             | StartError::Cgroup { .. }
@@ -55,19 +55,22 @@ impl From<StartError> for ErrorReply {
     }
 }
 
+fn supervisor_kind(e: &SupervisorError) -> ErrorKind {
+    match e {
+        SupervisorError::NotFound(_)
+        | SupervisorError::StaleInstance { .. }
+        | SupervisorError::NoProcess { .. }
+        | SupervisorError::JustExited(_) => ErrorKind::NotFound,
+        SupervisorError::AlreadyRunning { .. } => ErrorKind::AlreadyRunning,
+        SupervisorError::StillStarting(_) => ErrorKind::Busy,
+        SupervisorError::Signal { .. } | SupervisorError::StuckInKernel { .. } => {
+            ErrorKind::Internal
+        }
+    }
+}
+
 impl From<SupervisorError> for ErrorReply {
     fn from(e: SupervisorError) -> ErrorReply {
-        let kind = match &e {
-            SupervisorError::NotFound(_)
-            | SupervisorError::StaleInstance { .. }
-            | SupervisorError::NoProcess { .. }
-            | SupervisorError::JustExited(_) => ErrorKind::NotFound,
-            SupervisorError::AlreadyRunning { .. } => ErrorKind::AlreadyRunning,
-            SupervisorError::StillStarting(_) => ErrorKind::Busy,
-            SupervisorError::Signal { .. } | SupervisorError::StuckInKernel { .. } => {
-                ErrorKind::Internal
-            }
-        };
-        reply(kind, &e)
+        reply(supervisor_kind(&e), &e)
     }
 }

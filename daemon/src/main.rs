@@ -1,5 +1,7 @@
 //! `spawnd`: the daemon, and `spawnd check-config`.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sd_notify::NotifyState;

@@ -1,11 +1,11 @@
 //! The socket: admitting peers, reading requests, answering them, auditing every one.
 
-use crate::auth::{self, Peer, Role, Scope};
+use crate::auth::{self, Peer, Role};
 use crate::config::{Config, ConnectionLimits};
 use crate::launch::Launcher;
 use crate::logs;
 use crate::start::{self, Starter};
-use crate::supervisor::{Supervisor, Viewer};
+use crate::supervisor::Supervisor;
 use spawnd_protocol::{
     DaemonStatus, DecodeError, ErrorKind, ErrorReply, LogTail, MAX_LIST_PAGE, MAX_PACKET, Request,
     Response, ServerId, StartRequest, decode_request, encode_response,
@@ -394,14 +394,9 @@ impl Daemon {
                 .map(|()| Response::Signalled)
                 .map_err(ErrorReply::from),
             Request::List { after, limit } => {
-                let viewer = match scope {
-                    Scope::All => Viewer::All,
-                    Scope::StartedBy(uid) => Viewer::StartedBy(uid),
-                    Scope::OwnedBy(uid) => Viewer::OwnedBy(uid),
-                };
                 let limit = if *limit == 0 { MAX_LIST_PAGE } else { *limit };
                 Ok(Response::Servers(sup.list(
-                    viewer,
+                    scope,
                     after.as_ref(),
                     limit as usize,
                 )))

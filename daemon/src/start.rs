@@ -16,9 +16,9 @@ use crate::config::{Config, Profile, ProgramError};
 use crate::launch::{LaunchError, LaunchInput, LaunchSpec, Launcher};
 use crate::logs;
 use crate::policy::{self, PolicyError, Target};
-use crate::supervisor::{NewServer, Reservation, StopTimeouts, Supervisor};
+use crate::supervisor::{NewServer, Reservation, StopTimeouts, Supervisor, SupervisorError};
 use crate::tree;
-use spawnd_protocol::{ErrorReply, ServerId, StartRequest, Started};
+use spawnd_protocol::{ServerId, StartRequest, Started};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,8 +37,8 @@ pub enum StartError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
     /// The name could not be claimed (a server of that name runs).
-    #[error("{}", .0.message)]
-    Claim(ErrorReply),
+    #[error(transparent)]
+    Claim(SupervisorError),
     /// The program (or an interpreter it needs) is missing or cannot be executed: a broken
     /// installation.
     #[error("the program of profile {profile} cannot run: {source}")]
@@ -296,7 +296,7 @@ mod tests {
     use crate::auth::tests::sample;
     use crate::state::StateDir;
     use crate::tree::TreeMode;
-    use spawnd_protocol::ErrorKind;
+    use spawnd_protocol::{ErrorKind, ErrorReply};
 
     fn supervisor(tag: &str) -> (Arc<Supervisor>, PathBuf) {
         let dir = std::env::temp_dir().join(format!("spawnd-start-{tag}-{}", std::process::id()));
@@ -337,7 +337,10 @@ mod tests {
         // Held: a second start of the same name is refused.
         let again = Claim::new(&sup, new_server("alice")).map(|_| ());
         assert!(
-            matches!(&again, Err(StartError::Claim(e)) if e.kind == ErrorKind::AlreadyRunning),
+            matches!(
+                &again,
+                Err(StartError::Claim(SupervisorError::AlreadyRunning { .. }))
+            ),
             "{again:?}"
         );
         drop(claim);

@@ -27,6 +27,7 @@ pub use error::{AdoptError, SupervisorError, VetError};
 pub use recovery::Recovery;
 pub use stop::StopTimeouts;
 
+use crate::auth::Scope;
 use crate::host::{Host, SystemHost};
 use crate::launch::Launched;
 use crate::state::StateDir;
@@ -34,9 +35,7 @@ use crate::tree::TreeMode;
 use nix::unistd::{Pid, Uid};
 use process::Process;
 use record::epoch_secs;
-use spawnd_protocol::{
-    ErrorReply, ExitStatus, Polled, ServerId, ServerInfo, ServerPage, ServerState,
-};
+use spawnd_protocol::{ExitStatus, Polled, ServerId, ServerInfo, ServerPage, ServerState};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -74,21 +73,12 @@ struct Entry {
     cgroup: Option<PathBuf>,
 }
 
-/// Who is asking to see servers.
-#[derive(Debug, Clone, Copy)]
-pub enum Viewer {
-    All,
-    StartedBy(u32),
-    OwnedBy(u32),
-}
-
-impl Viewer {
-    fn sees(&self, entry: &Entry) -> bool {
-        match *self {
-            Viewer::All => true,
-            Viewer::StartedBy(uid) => entry.owner_uid.as_raw() == uid,
-            Viewer::OwnedBy(uid) => entry.uid.as_raw() == uid,
-        }
+/// Whether a caller with this scope ([`crate::auth::authorize`]) sees the entry in a list.
+fn sees(scope: Scope, entry: &Entry) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::StartedBy(uid) => entry.owner_uid.as_raw() == uid,
+        Scope::OwnedBy(uid) => entry.uid.as_raw() == uid,
     }
 }
 
@@ -217,7 +207,7 @@ impl Supervisor {
 
     /// Claims the name for a new start. A running, starting or stopping server of that name is
     /// `AlreadyRunning`; an exited one is replaced.
-    pub fn reserve(&self, new: NewServer) -> Result<Reservation, ErrorReply> {
+    pub fn reserve(&self, new: NewServer) -> Result<Reservation, SupervisorError> {
         let mut table = self.table();
         if let Some(old) = table.get(&new.id)
             && !matches!(old.state, ServerState::Exited(_))
@@ -227,8 +217,7 @@ impl Supervisor {
                 state: old.state,
                 instance: old.instance,
                 pid: old.pid,
-            }
-            .into());
+            });
         }
         let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
         table.insert(
@@ -395,8 +384,8 @@ impl Supervisor {
             .collect()
     }
 
-    /// One page of the servers `viewer` may see, in (user, server) order after `after`.
-    pub fn list(&self, viewer: Viewer, after: Option<&ServerId>, limit: usize) -> ServerPage {
+    /// One page of the servers a caller with `scope` may see, in (user, server) order after `after`.
+    pub fn list(&self, scope: Scope, after: Option<&ServerId>, limit: usize) -> ServerPage {
         let table = self.table();
         let range = match after {
             Some(after) => table.range((Bound::Excluded(after.clone()), Bound::Unbounded)),
@@ -404,7 +393,7 @@ impl Supervisor {
         };
         let mut servers = Vec::with_capacity(limit.min(64));
         let mut next = None;
-        for (id, entry) in range.filter(|(_, entry)| viewer.sees(entry)) {
+        for (id, entry) in range.filter(|(_, entry)| sees(scope, entry)) {
             if servers.len() == limit {
                 next = servers.last().map(|s: &ServerInfo| s.server.clone());
                 break;

@@ -8,7 +8,7 @@ use super::*;
 use crate::host::fake::{Event, FakeHost, Proc};
 use crate::state::{RECORD_VERSION, Record};
 use crate::tree;
-use spawnd_protocol::ErrorKind;
+use spawnd_protocol::{ErrorKind, ErrorReply};
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use tokio::time::Instant;
@@ -532,7 +532,7 @@ async fn recovery_from_a_cgroup_adopts_the_first_session_leader_of_the_users_uid
         .poll(&id, Some(7))
         .expect("re-adopted under its instance");
     assert_eq!((polled.pid, polled.state), (701, ServerState::Running));
-    let page = sup.list(Viewer::StartedBy(HUB), None, 10);
+    let page = sup.list(Scope::StartedBy(HUB), None, 10);
     assert_eq!(page.servers[0].profile, "(recovered)");
     assert!(host.events().is_empty(), "{:?}", host.events());
 }
@@ -612,14 +612,14 @@ async fn list_pages_in_name_order_after_the_cursor() {
         ],
     );
 
-    let first = sup.list(Viewer::All, None, 2);
+    let first = sup.list(Scope::All, None, 2);
     assert_eq!(names(&first), ["alice", "alice/a"]);
-    let second = sup.list(Viewer::All, first.next.as_ref(), 2);
+    let second = sup.list(Scope::All, first.next.as_ref(), 2);
     assert_eq!(names(&second), ["alice/b", "bob"]);
-    let last = sup.list(Viewer::All, second.next.as_ref(), 2);
+    let last = sup.list(Scope::All, second.next.as_ref(), 2);
     assert_eq!(names(&last), ["carol"]);
     assert_eq!(last.next, None);
-    assert_eq!(sup.list(Viewer::All, None, 5).next, None);
+    assert_eq!(sup.list(Scope::All, None, 5).next, None);
 }
 
 #[tokio::test]
@@ -638,14 +638,14 @@ async fn list_shows_each_viewer_its_own_and_pages_over_what_it_sees() {
         ],
     );
 
-    assert_eq!(sup.list(Viewer::All, None, 10).servers.len(), 5);
-    let hub = sup.list(Viewer::StartedBy(HUB), None, 2);
+    assert_eq!(sup.list(Scope::All, None, 10).servers.len(), 5);
+    let hub = sup.list(Scope::StartedBy(HUB), None, 2);
     assert_eq!(names(&hub), ["alice", "bob"]);
     assert_eq!(hub.next, Some(ServerId::new("bob", "")));
-    let rest = sup.list(Viewer::StartedBy(HUB), hub.next.as_ref(), 2);
+    let rest = sup.list(Scope::StartedBy(HUB), hub.next.as_ref(), 2);
     assert_eq!(names(&rest), ["carol"]);
     assert_eq!(rest.next, None);
-    let bob = sup.list(Viewer::OwnedBy(BOB), None, 10);
+    let bob = sup.list(Scope::OwnedBy(BOB), None, 10);
     assert_eq!(names(&bob), ["bob", "bob/y"]);
 }
 
@@ -707,9 +707,10 @@ async fn a_second_start_of_a_live_name_is_already_running() {
     let sup = supervisor(&host, process_groups());
     sup.reserve(new_server(&alice(), ALICE, HUB)).expect("free");
 
-    let reply = sup
-        .reserve(new_server(&alice(), ALICE, HUB))
-        .expect_err("taken");
+    let reply = ErrorReply::from(
+        sup.reserve(new_server(&alice(), ALICE, HUB))
+            .expect_err("taken"),
+    );
 
     assert_eq!(reply.kind, ErrorKind::AlreadyRunning);
     assert!(
