@@ -204,13 +204,13 @@ impl Daemon {
         limits: &ConnectionLimits,
     ) -> Result<Admitted, String> {
         let user = role == Role::User;
-        let mut c = self.connections();
-        let mine = c.per_uid.get(&peer.uid).copied().unwrap_or(0);
-        if user && c.users >= limits.max_user_connections {
+        let mut open = self.connections();
+        let mine = open.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if user && open.users >= limits.max_user_connections {
             return Err(format!(
                 "self-service users hold {} open connections, spawnd's max_user_connections; \
                  try again shortly",
-                c.users
+                open.users
             ));
         }
         if user && mine >= limits.max_user_connections_per_uid {
@@ -220,10 +220,10 @@ impl Daemon {
                 peer.uid
             ));
         }
-        if c.total >= limits.max_connections {
+        if open.total >= limits.max_connections {
             return Err(format!(
                 "spawnd has {} open connections, its max_connections; try again shortly",
-                c.total
+                open.total
             ));
         }
         if mine >= limits.max_connections_per_uid {
@@ -233,11 +233,11 @@ impl Daemon {
                 peer.uid
             ));
         }
-        c.total += 1;
+        open.total += 1;
         if user {
-            c.users += 1;
+            open.users += 1;
         }
-        *c.per_uid.entry(peer.uid).or_insert(0) += 1;
+        *open.per_uid.entry(peer.uid).or_insert(0) += 1;
         Ok(Admitted {
             daemon: self.clone(),
             uid: peer.uid,
@@ -247,11 +247,11 @@ impl Daemon {
 
     /// Counts a refusal in progress, unless [`MAX_REFUSALS`] are.
     fn refusal(self: &Arc<Self>) -> Option<Refusal> {
-        let mut c = self.connections();
-        if c.refusing >= MAX_REFUSALS {
+        let mut open = self.connections();
+        if open.refusing >= MAX_REFUSALS {
             return None;
         }
-        c.refusing += 1;
+        open.refusing += 1;
         Some(Refusal(self.clone()))
     }
 
