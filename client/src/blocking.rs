@@ -148,6 +148,11 @@ impl BlockingClient {
     pub fn status(&self) -> Result<DaemonStatus, ClientError> {
         self.run(calls::status())
     }
+
+    /// See [`Client::health`](crate::Client::health).
+    pub fn health(&self) -> Result<Vec<String>, ClientError> {
+        self.run(calls::health())
+    }
 }
 
 impl Conn {

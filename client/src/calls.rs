@@ -117,6 +117,17 @@ pub(crate) fn status() -> Call<DaemonStatus> {
     }
 }
 
+pub(crate) fn health() -> Call<Vec<String>> {
+    Call {
+        request: Request::Health,
+        name: "health",
+        take: |r| match r {
+            Response::Health(problems) => Ok(problems),
+            other => Err(other),
+        },
+    }
+}
+
 /// Follows `list` pages to the end: ask for [`Lister::next_page`] until it says `None`.
 #[derive(Default)]
 pub(crate) struct Lister {
@@ -163,6 +174,7 @@ fn response_name(response: &Response) -> &'static str {
         Response::Servers(_) => "Servers",
         Response::Logs(_) => "Logs",
         Response::Status(_) => "Status",
+        Response::Health(_) => "Health",
     }
 }
 

@@ -364,6 +364,12 @@ impl Client {
     pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
         self.run(calls::status()).await
     }
+
+    /// Problems the daemon sees with its own set-up (a socket the hub cannot reach), each a
+    /// sentence for the operator; empty when none. Admin and hub only.
+    pub async fn health(&self) -> Result<Vec<String>, ClientError> {
+        self.run(calls::health()).await
+    }
 }
 
 fn is_disconnect(e: &io::Error) -> bool {

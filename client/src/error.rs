@@ -127,8 +127,9 @@ fn connect_hint(source: &io::Error) -> &'static str {
              (spawnctl --socket or SPAWND_SOCKET, `socket` in spawnd.toml)?"
         }
         Some(libc::ECONNREFUSED) => {
-            "the socket file exists but nothing listens on it: spawnd is not running, and this \
-             is a stale socket from an earlier run; start spawnd"
+            "the socket file exists but nothing listens on it: spawnd is not running (or, with \
+             systemd, spawnd.socket is stopped); start it: `systemctl start spawnd.socket \
+             spawnd.service`"
         }
         Some(libc::ENOTSOCK) => "that path is not a socket: is the socket path right?",
         Some(libc::EACCES) | Some(libc::EPERM) => {

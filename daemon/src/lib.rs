@@ -39,6 +39,7 @@ pub mod logs;
 pub mod policy;
 pub mod privileges;
 pub mod server;
+pub mod socket_access;
 pub mod start;
 pub mod state;
 pub mod supervisor;

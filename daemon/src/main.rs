@@ -8,6 +8,7 @@ use sd_notify::NotifyState;
 use spawnd::config::{self, Config, OnShutdown};
 use spawnd::launch::{Launcher, OWN_EXECUTABLE};
 use spawnd::server::Daemon;
+use spawnd::socket_access;
 use spawnd::state::StateDir;
 use spawnd::supervisor::Supervisor;
 use spawnd::tree::TreeMode;
@@ -161,6 +162,16 @@ fn run(config_path: &Path) -> Result<()> {
             group = %config.group,
             "ready"
         );
+        // A socket the hub cannot reach looks fine from here: every spawn would fail in the
+        // hub. Say so loudly now (and in `spawnctl status`).
+        let (socket, hub_uid) = (config.socket.clone(), config.hub_uid);
+        let problems =
+            tokio::task::spawn_blocking(move || socket_access::problems(&socket, hub_uid))
+                .await
+                .unwrap_or_default();
+        for problem in problems {
+            tracing::error!("{problem}");
+        }
         let source = config.source.clone();
         let daemon = Daemon::new(config, supervisor, launcher);
         tokio::spawn(daemon.clone().serve(listener));
@@ -261,21 +272,35 @@ async fn report_to_systemd(daemon: std::sync::Arc<Daemon>) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    let watchdog = sd_notify::watchdog_enabled();
-    let period = watchdog.map_or(std::time::Duration::from_secs(10), |w| {
-        (w / 2).min(std::time::Duration::from_secs(10))
-    });
+    // The status line follows the counts within a second (sent only when it changes); the
+    // watchdog is fed at half its interval.
+    let watchdog = sd_notify::watchdog_enabled().map(|w| w / 2);
+    let mut last_status = String::new();
+    let mut last_ping = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(
+        watchdog.map_or(STATUS_CHECK_INTERVAL, |w| w.min(STATUS_CHECK_INTERVAL)),
+    );
     loop {
+        tick.tick().await;
         let (running, exited) = daemon.supervisor().counts();
         let status = format!("{running} servers running, {exited} exited");
-        let mut states = vec![NotifyState::Status(&status)];
-        if watchdog.is_some() {
-            states.push(NotifyState::Watchdog);
+        let mut states = Vec::with_capacity(2);
+        if status != last_status {
+            states.push(NotifyState::Status(&status));
         }
-        notify(&states);
-        tokio::time::sleep(period).await;
+        if watchdog.is_some_and(|period| last_ping.elapsed() >= period) {
+            states.push(NotifyState::Watchdog);
+            last_ping = tokio::time::Instant::now();
+        }
+        if !states.is_empty() {
+            notify(&states);
+        }
+        last_status = status;
     }
 }
+
+/// How often the status line shown by `systemctl status` is brought up to date.
+const STATUS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn notify(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {

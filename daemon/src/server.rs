@@ -4,6 +4,7 @@ use crate::auth::{self, Peer, Role};
 use crate::config::{Config, ConnectionLimits};
 use crate::launch::Launcher;
 use crate::logs;
+use crate::socket_access;
 use crate::start::{self, Starter};
 use crate::supervisor::Supervisor;
 use spawnd_protocol::{
@@ -403,6 +404,7 @@ impl Daemon {
             }
             Request::Logs { server, lines } => self.logs(server, *lines).await,
             Request::Status => Ok(self.status(role)),
+            Request::Health => self.health().await,
         }
     }
 
@@ -482,6 +484,17 @@ impl Daemon {
             lines,
             truncated,
         }))
+    }
+
+    /// What the daemon finds wrong with its own set-up (NSS lookups: on a blocking thread).
+    async fn health(&self) -> Reply {
+        let config = self.config();
+        let problems = tokio::task::spawn_blocking(move || {
+            socket_access::problems(&config.socket, config.hub_uid)
+        })
+        .await
+        .map_err(|e| err(ErrorKind::Internal, format!("health task failed: {e}")))?;
+        Ok(Response::Health(problems))
     }
 
     fn status(&self, role: Role) -> Response {

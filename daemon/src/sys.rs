@@ -305,3 +305,22 @@ pub struct CloneArgs {
 pub const CLONE_PARENT: u64 = 0x8000;
 pub const CLONE_PIDFD: u64 = 0x1000;
 pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Whether the file at `path` (links followed) has the extended attribute `name`. A file
+/// system without extended attributes has none.
+pub fn has_xattr(path: &std::path::Path, name: &std::ffi::CStr) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated and live across the call; a zero size with a
+    // null buffer only asks for the value's size, nothing is written.
+    let size = unsafe { libc::getxattr(c_path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    if size >= 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(error),
+    }
+}

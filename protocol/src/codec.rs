@@ -195,6 +195,6 @@ pub fn check_request(request: &Request) -> Result<(), String> {
             }
             Ok(())
         }
-        Request::Poll { .. } | Request::Stop { .. } | Request::Status => Ok(()),
+        Request::Poll { .. } | Request::Stop { .. } | Request::Status | Request::Health => Ok(()),
     }
 }

@@ -139,6 +139,8 @@ pub enum Request {
     Logs { server: ServerId, lines: u32 },
     /// The daemon's version, uptime, counts and supervision mode.
     Status,
+    /// Problems the daemon sees with its own set-up (such as a socket the hub cannot reach).
+    Health,
 }
 
 impl Request {
@@ -152,6 +154,7 @@ impl Request {
             Request::List { .. } => "list",
             Request::Logs { .. } => "logs",
             Request::Status => "status",
+            Request::Health => "health",
         }
     }
 
@@ -163,7 +166,7 @@ impl Request {
             | Request::Stop { server, .. }
             | Request::Signal { server, .. }
             | Request::Logs { server, .. } => Some(server),
-            Request::List { .. } | Request::Status => None,
+            Request::List { .. } | Request::Status | Request::Health => None,
         }
     }
 }
@@ -372,6 +375,8 @@ pub enum Response {
     Servers(ServerPage),
     Logs(LogTail),
     Status(DaemonStatus),
+    /// The answer to `Health`: each problem a sentence for the operator; empty when none.
+    Health(Vec<String>),
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ fn request_round_trips() {
             lines: 50,
         },
         Request::Status,
+        Request::Health,
     ];
     for (i, r) in requests.into_iter().enumerate() {
         let bytes = encode_request(i as u32, &r).unwrap();
@@ -78,6 +79,7 @@ fn response_round_trips() {
             lines: vec!["a".into()],
             truncated: false,
         }),
+        Response::Health(vec!["the hub cannot connect".into()]),
     ];
     for r in responses {
         let bytes = encode_response(9, &r).unwrap();
@@ -90,6 +92,15 @@ fn envelope_layout_is_version_id_body() {
     // The documented wire format: varint version, varint id, varint variant index, fields.
     let bytes = encode_request(300, &Request::Status).unwrap();
     assert_eq!(bytes, vec![0x01, 0xac, 0x02, 0x06]);
+    // Appended variants take the next index: Health is request 7, its answer response 8.
+    assert_eq!(
+        encode_request(1, &Request::Health).unwrap(),
+        vec![0x01, 0x01, 0x07]
+    );
+    assert_eq!(
+        encode_response(1, &Response::Health(vec!["x".into()])).unwrap(),
+        vec![0x01, 0x01, 0x08, 0x01, 0x01, b'x']
+    );
     let bytes = encode_request(
         1,
         &Request::Poll {
@@ -342,6 +353,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             .prop_map(|(after, limit)| Request::List { after, limit }),
         (arb_id(), 0..=MAX_LOG_LINES).prop_map(|(server, lines)| Request::Logs { server, lines }),
         Just(Request::Status),
+        Just(Request::Health),
     ]
 }
 

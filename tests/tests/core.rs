@@ -1044,3 +1044,51 @@ fn unsafe_profile_executable_is_refused() {
         unsafe_dir.display()
     );
 }
+
+/// A socket the hub cannot reach (its group is one the hub is not in) is said loudly at
+/// start-up and in `spawnctl status`; with the right group, nothing is said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
+async fn a_socket_the_hub_cannot_reach_is_reported() {
+    require_root!();
+    let u = users();
+    let fine = TestDaemon::start(DaemonOptions::default());
+    let problems = fine.admin_client().await.health().await.expect("health");
+    assert!(problems.is_empty(), "{problems:?}");
+    let status = fine.spawnctl(&["status"]);
+    assert!(
+        status.success() && status.stdout.contains("problems:      none"),
+        "{status}"
+    );
+    assert!(!fine.stderr().contains("THE HUB CANNOT CONNECT"));
+
+    // The admin group: the test hub is not a member.
+    let d = TestDaemon::start(DaemonOptions {
+        extra_config: format!("socket_group = \"{}\"\n", u.admin_group.name),
+        ..DaemonOptions::default()
+    });
+    let expected = format!(
+        "THE HUB CANNOT CONNECT: {} cannot connect to {}",
+        u.hub.name,
+        d.socket.display()
+    );
+    let logged = wait_for(Duration::from_secs(5), || {
+        d.stderr().contains(&expected).then_some(())
+    });
+    assert!(logged.is_some(), "not logged at start-up: {}", d.stderr());
+    let problems = d.admin_client().await.health().await.expect("health");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(&expected)
+            && problems[0].contains(&format!("is not in group {}", u.admin_group.name)),
+        "{problems:?}"
+    );
+    let status = d.spawnctl(&["status"]);
+    assert!(
+        status.success()
+            && status
+                .stdout
+                .contains(&format!("PROBLEM:       {expected}")),
+        "{status}"
+    );
+}

@@ -644,3 +644,48 @@ async fn a_server_runs_in_its_own_cgroup_from_birth() {
             .exists()
     );
 }
+
+/// `systemctl status` shows the counts within a second or two of a change, without a
+/// watchdog too (the status line was sent every 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
+async fn the_systemd_status_line_follows_the_servers_at_once() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("spawnd-notify-now-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut opts = options();
+    opts.env = vec![("NOTIFY_SOCKET".into(), path.display().to_string())];
+    let d = TestDaemon::start(opts);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let mut wait_for_text = |text: &str, within: Duration| {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline && !seen.contains(text) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        seen.contains(text)
+    };
+    assert!(wait_for_text(
+        "STATUS=0 servers running, 0 exited",
+        Duration::from_secs(5)
+    ));
+    let u = users();
+    let hub = d.hub_client().await;
+    start(&hub, req(&u.a.name, "", "sleeper")).await;
+    assert!(
+        wait_for_text("STATUS=1 servers running, 0 exited", Duration::from_secs(3)),
+        "the status line did not follow the start"
+    );
+    hub.stop(&sid(&u.a.name, ""), None, true)
+        .await
+        .expect("stop");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

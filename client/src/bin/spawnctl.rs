@@ -287,13 +287,23 @@ fn render_json(servers: &[ServerInfo], now: u64) -> Result<String> {
     Ok(text)
 }
 
-fn render_status(status: &DaemonStatus) -> String {
+/// The status, then the problems the daemon sees with its set-up (`None`: it could not say,
+/// an older daemon or a role that may not ask).
+fn render_status(status: &DaemonStatus, problems: Option<&[String]>) -> String {
     let capabilities = if status.capabilities.is_empty() {
         "(none)".to_string()
     } else {
         status.capabilities.join(" ")
     };
-    format!(
+    let problems = match problems {
+        None => String::new(),
+        Some([]) => "problems:      none\n".to_string(),
+        Some(problems) => problems
+            .iter()
+            .map(|p| format!("PROBLEM:       {p}\n"))
+            .collect(),
+    };
+    let mut text = format!(
         "spawnd {} (protocol {}), pid {}\n\
          uptime:        {}\n\
          servers:       {} running, {} exited\n\
@@ -309,7 +319,9 @@ fn render_status(status: &DaemonStatus) -> String {
         status.tree_kill,
         capabilities,
         status.your_role,
-    )
+    );
+    text.push_str(&problems);
+    text
 }
 
 /// A log line as it may be shown to an admin: every control character but the tab (ESC and
@@ -356,7 +368,12 @@ fn print(text: &str) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     let client = BlockingClient::connect(&cli.socket)?;
     match cli.command {
-        Command::Status => print(&render_status(&client.status()?)),
+        Command::Status => {
+            let status = client.status()?;
+            // Health is the admin's and the hub's; an older daemon does not know it.
+            let problems = client.health().ok();
+            print(&render_status(&status, problems.as_deref()))
+        }
         Command::List { json } => {
             let servers = client.list()?;
             let now = now_secs();
@@ -660,7 +677,7 @@ mod tests {
 
     #[test]
     fn status_text() {
-        let text = render_status(&DaemonStatus {
+        let status = DaemonStatus {
             version: "0.1.0".into(),
             protocol: 1,
             pid: 77,
@@ -670,7 +687,16 @@ mod tests {
             tree_kill: "process-group".into(),
             capabilities: vec!["CAP_KILL".into(), "CAP_SETUID".into()],
             your_role: "admin".into(),
-        });
+        };
+        let text = render_status(&status, Some(&[]));
+        assert!(text.ends_with("problems:      none\n"), "{text}");
+        assert!(!render_status(&status, None).contains("problems"));
+        let problem = "THE HUB CANNOT CONNECT: jupyterhub cannot connect".to_string();
+        let text = render_status(&status, Some(std::slice::from_ref(&problem)));
+        assert!(
+            text.ends_with(&format!("PROBLEM:       {problem}\n")),
+            "{text}"
+        );
         assert!(
             text.starts_with("spawnd 0.1.0 (protocol 1), pid 77\n"),
             "{text}"

@@ -618,6 +618,13 @@ async fn connect_to_stale_socket_explains() {
     let err = Client::connect(&path).await.unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains("nothing listens"), "{err}");
+    // With socket activation the file stays when spawnd.socket is stopped: say how to start
+    // it, not only the daemon.
+    assert!(
+        err.to_string()
+            .contains("`systemctl start spawnd.socket spawnd.service`"),
+        "{err}"
+    );
     let err = Client::connect(&dir.0).await.unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains("not a socket"), "{err}");
