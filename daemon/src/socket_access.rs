@@ -213,6 +213,8 @@ pub fn problems(socket: &Path, hub_uid: u32) -> Vec<String> {
     };
     match check(socket, &hub) {
         Verdict::Reachable | Verdict::DecidedByAcl(_) => Vec::new(),
+        // Not knowing is a problem to report too, but not the same claim.
+        Verdict::Unreachable(why @ Unreachable::Inspect { .. }) => vec![why.to_string()],
         Verdict::Unreachable(why) => vec![format!("THE HUB CANNOT CONNECT: {why}")],
     }
 }
