@@ -87,18 +87,32 @@ pub enum Denied {
     NotOwner { uid: u32, server: ServerId },
 }
 
-/// Whether `role` needs the owner of the request's server for [`authorize`] to decide: only a
-/// self-service user's request on one server does (the daemon looks it up only then).
+/// The requests a self-service user may send at all.
+fn user_may(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Poll { .. }
+            | Request::Stop { .. }
+            | Request::List { .. }
+            | Request::Logs { .. }
+            | Request::Status
+    )
+}
+
+/// Whether [`authorize`] needs the owner of the request's server to decide: only for a
+/// self-service user's request on one server that the role may send at all (a refused action
+/// costs no lookup).
 pub fn needs_owner(role: Role, request: &Request) -> bool {
-    role == Role::User && request.target().is_some()
+    role == Role::User && user_may(request) && request.target().is_some()
 }
 
 /// The one authorization decision: whether `peer`, in `role`, may send `request`, and which
 /// servers it concerns. Admins and the hub may send every request; self-service users may
 /// list, poll, read logs of and stop their own servers only. `owner` is the uid the request's
-/// server belongs to (see [`needs_owner`]): the uid of the server when the daemon knows it,
-/// else the uid of the account the server is named after, `None` when there is no such
-/// account. Pure: the caller looks the owner up.
+/// server belongs to (see [`needs_owner`]): the uid the server runs as when the daemon knows
+/// it; for a server it does not know (one it has forgotten, or its log), the peer's own uid
+/// when the server is named after the peer's own account, else `None`. Pure: the caller looks
+/// the owner up.
 pub fn authorize(
     peer: &Peer,
     role: Role,
@@ -109,15 +123,7 @@ pub fn authorize(
         Role::Admin => Ok(Scope::All),
         Role::Hub => Ok(Scope::StartedBy(peer.uid)),
         Role::User => {
-            let allowed = matches!(
-                request,
-                Request::Poll { .. }
-                    | Request::Stop { .. }
-                    | Request::List { .. }
-                    | Request::Logs { .. }
-                    | Request::Status
-            );
-            if !allowed {
+            if !user_may(request) {
                 return Err(Denied::Action {
                     role,
                     action: request.action(),
@@ -249,7 +255,12 @@ env = {{ FIXED = "yes" }}
             let action = request.action();
             let permitted = matches!(action, "poll" | "stop" | "list" | "logs" | "status");
             let targeted = request.target().is_some();
-            assert_eq!(needs_owner(Role::User, &request), targeted, "{action}");
+            // A refused action needs no lookup of the owner.
+            assert_eq!(
+                needs_owner(Role::User, &request),
+                permitted && targeted,
+                "{action}"
+            );
             let own = authorize(&user, Role::User, &request, Some(5000));
             let other = authorize(&user, Role::User, &request, Some(5001));
             let no_account = authorize(&user, Role::User, &request, None);

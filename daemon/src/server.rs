@@ -366,7 +366,7 @@ impl Daemon {
     /// Answers one request: authorizes it ([`auth::authorize`]), then dispatches it.
     pub async fn handle(self: &Arc<Self>, peer: &Peer, role: Role, request: &Request) -> Reply {
         let owner = match request.target() {
-            Some(id) if auth::needs_owner(role, request) => self.owner_of(id).await,
+            Some(id) if auth::needs_owner(role, request) => self.owner_of(peer, id).await?,
             _ => None,
         };
         let scope = auth::authorize(peer, role, request, owner)?;
@@ -408,19 +408,33 @@ impl Daemon {
         }
     }
 
-    /// The uid a server belongs to: the uid it runs as when the daemon knows it (whatever name
-    /// it is listed under), else the uid of the account it is named after (a server the daemon
-    /// has forgotten, or its log), `None` when there is no such account.
-    async fn owner_of(&self, id: &ServerId) -> Option<u32> {
+    /// The uid a server belongs to, for a self-service user's request: the uid it runs as when
+    /// the daemon knows it (whatever name it is listed under). For a server the daemon does
+    /// not know (one it has forgotten, or its log), the peer's uid when the server is named
+    /// after the peer's own account both ways: the peer's uid has that name, and that name has
+    /// the peer's uid (another passwd entry sharing the uid, or one account's name in two
+    /// directories, is not enough). Only the peer's own uid and name are ever looked up, so a
+    /// peer cannot send the directory service after names of its choosing.
+    async fn owner_of(&self, peer: &Peer, id: &ServerId) -> Result<Option<u32>, ErrorReply> {
         if let Some(uid) = self.supervisor.uid_of(id) {
-            return Some(uid);
+            return Ok(Some(uid));
         }
-        let name = id.user.clone();
-        tokio::task::spawn_blocking(move || nix::unistd::User::from_name(&name).ok().flatten())
-            .await
-            .ok()
-            .flatten()
-            .map(|user| user.uid.as_raw())
+        let (uid, user) = (peer.uid, id.user.clone());
+        let lookup = tokio::task::spawn_blocking(move || -> Result<Option<u32>, String> {
+            use nix::unistd::{Uid, User};
+            let own = User::from_uid(Uid::from_raw(uid))
+                .map_err(|e| format!("could not look up uid {uid} in the passwd database: {e}"))?;
+            if own.is_none_or(|own| own.name != user) {
+                return Ok(None);
+            }
+            let named = User::from_name(&user).map_err(|e| {
+                format!("could not look up user {user} in the passwd database: {e}")
+            })?;
+            Ok(named.filter(|named| named.uid.as_raw() == uid).map(|_| uid))
+        })
+        .await
+        .map_err(|e| err(ErrorKind::Internal, format!("owner lookup failed: {e}")))?;
+        lookup.map_err(|why| err(ErrorKind::Internal, why))
     }
 
     async fn start(self: &Arc<Self>, peer: &Peer, req: &StartRequest) -> Reply {

@@ -10,9 +10,11 @@
 use spawnd_client::Client;
 use spawnd_protocol::{ErrorKind, StartRequest};
 use spawnd_tests::{
-    DaemonOptions, Profile, TestDaemon, TestUser, expect_err, procfs, require_cgroup, require_root,
-    sid, standard_profiles, start, start_req, users, wait_for, wait_for_async,
+    DaemonOptions, Profile, TestDaemon, TestUser, add_test_user, cgroup_v2_root, expect_err,
+    procfs, require_cgroup, require_root, sid, standard_profiles, start, start_req, users,
+    wait_for, wait_for_async,
 };
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -752,4 +754,127 @@ async fn a_log_with_a_second_name_is_still_cut() {
     hub.stop(&sid(&u.a.name, ""), None, true)
         .await
         .expect("stop");
+}
+
+/// Found in the review of the restructured daemon: self-service ownership of a server the
+/// daemon does not know was decided by "any name whose `getpwnam` uid is the peer's". A second
+/// passwd entry with the same uid (`useradd -o`, or an LDAP entry sharing a local uid) is a name
+/// the hub may start servers under (it is its own `pw_name`), and its log directory is root's
+/// alone (0700: its primary group is not a private group named after it). The peer cannot read
+/// it on the file system, and the daemon must not read it back for it: the server must be named
+/// after the peer's own account both ways (`server::owner_of`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
+async fn a_user_cannot_read_the_log_of_another_passwd_entry_with_its_uid() {
+    require_root!();
+    let u = users();
+    let own = add_test_user("rvown", &["-m", "-G", &u.group.name]);
+    let uid = own.uid.to_string();
+    let other = add_test_user(
+        "rvother",
+        &[
+            "-o",
+            "-u",
+            &uid,
+            "-g",
+            &u.group.name,
+            "-M",
+            "-d",
+            &own.home.display().to_string(),
+        ],
+    );
+    assert_eq!(other.uid, own.uid);
+    let mut profiles = standard_profiles();
+    profiles.push(Profile::shell(
+        "secret",
+        "echo \"SECRET-OF-$USER\"; exec sleep 1000",
+    ));
+    let d = TestDaemon::start(DaemonOptions {
+        self_service: true,
+        profiles,
+        ..DaemonOptions::default()
+    });
+    d.open_socket_to_all();
+    let hub = d.hub_client().await;
+    // The hub starts a server under the second name (it is canonical: getpwnam gives it back),
+    // lets it write its log, and stops it: the daemon forgets it, the log stays.
+    start(&hub, start_req(&other.name, "", "secret")).await;
+    let log = d.log_dir().join(&other.name).join("@default.log");
+    let wrote = wait_for(std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("SECRET-OF-"))
+    });
+    assert!(wrote.is_some(), "the server never wrote its log");
+    hub.stop(&sid(&other.name, ""), None, true)
+        .await
+        .expect("stop");
+    let dir = std::fs::metadata(log.parent().unwrap()).expect("log dir");
+    assert_eq!(
+        (dir.uid(), dir.gid(), dir.mode() & 0o777),
+        (0, 0, 0o700),
+        "the second entry's log directory is root's alone: the peer cannot read it itself"
+    );
+
+    // The peer, whose own passwd name is `own`, asks for the log under the other name.
+    let peer = d.user_client(&own).await;
+    assert_eq!(peer.status().await.expect("status").your_role, "user");
+    let read = peer.logs(&sid(&other.name, ""), 10).await;
+    if let Ok(tail) = &read {
+        assert!(
+            !tail.lines.iter().any(|l| l.contains("SECRET-OF-")),
+            "uid {} read the log of {}, a name that is not its own: {tail:?}",
+            own.uid,
+            other.name
+        );
+    }
+    expect_err(read, ErrorKind::Unauthorized);
+}
+
+/// Checked in the review: a server's cgroup (and its user's directory above it) is root's, so the
+/// user's code in it can neither make cgroups below it (and plant a `<server>.<instance>`
+/// name there for recovery to find), nor kill, freeze or leave it, nor move anything in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run as root with --include-ignored"]
+async fn a_server_cannot_make_leave_or_write_its_cgroups() {
+    require_root!();
+    let u = users();
+    let Some(root) = cgroup_v2_root() else {
+        eprintln!("skipped: no cgroup v2 on this host");
+        return;
+    };
+    let script = format!(
+        "R={root}; cg=\"$R$(sed -n 's/^0:://p' /proc/self/cgroup)\"; up=$(dirname \"$cg\"); \
+         try() {{ if eval \"$2\" 2>/dev/null; then echo \"$1-ALLOWED\"; else echo \"$1-denied\"; fi; }}; \
+         try MKDIR \"mkdir '$cg/x.1'\"; try MKDIRUP \"mkdir '$up/y.1'\"; \
+         try KILL \"echo 1 > '$cg/cgroup.kill'\"; try FREEZE \"echo 1 > '$up/cgroup.freeze'\"; \
+         sleep 1000 & s=$!; try LEAVE \"echo $s > '$R/cgroup.procs'\"; \
+         try SUBTREE \"echo +pids > '$cg/cgroup.subtree_control'\"; \
+         echo \"owner=$(stat -c '%u:%g %a' \"$cg\") up=$(stat -c '%u:%g %a' \"$up\")\"; echo CHECKED; wait",
+        root = root.display()
+    );
+    let mut profiles = standard_profiles();
+    profiles.push(Profile::shell("cgpoke", &script));
+    let d = TestDaemon::start(DaemonOptions {
+        profiles,
+        ..DaemonOptions::default()
+    });
+    require_cgroup!(d);
+    let hub = d.hub_client().await;
+    start(&hub, start_req(&u.a.name, "cgpoke", "cgpoke")).await;
+    let log = d.log_dir().join(&u.a.name).join("cgpoke.log");
+    let text = wait_for(std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("CHECKED"))
+    })
+    .expect("the server never finished its checks");
+    let user_dir = d.cgroup_base.as_ref().expect("base").join(&u.a.name);
+    let mut owners = vec![std::fs::metadata(&user_dir).expect("user cgroup").uid()];
+    for entry in std::fs::read_dir(&user_dir).expect("user cgroup").flatten() {
+        owners.push(entry.metadata().expect("server cgroup").uid());
+    }
+    let _ = hub.stop(&sid(&u.a.name, "cgpoke"), None, true).await;
+    assert!(!text.contains("ALLOWED"), "{text}");
+    assert!(owners.iter().all(|&uid| uid == 0), "{owners:?}");
 }

@@ -108,6 +108,8 @@ struct World {
     cgroups: BTreeSet<PathBuf>,
     users: BTreeMap<String, Uid>,
     events: Vec<(Instant, Event)>,
+    /// How many of the next waits for an exit fail at once (as a failed poll would).
+    failing_exit_waits: u32,
 }
 
 impl World {
@@ -163,6 +165,11 @@ impl FakeHost {
             reaped: false,
             exited,
         });
+    }
+
+    /// Makes the next `count` waits for an exit fail at once.
+    pub fn fail_exit_waits(&self, count: u32) {
+        self.world().failing_exit_waits = count;
     }
 
     /// Makes the live process `pid` ignore `signal`.
@@ -273,7 +280,11 @@ impl Host for FakeHost {
 
     fn pidfd_exited<'a>(&'a self, pidfd: &'a Pidfd) -> HostFuture<'a, io::Result<()>> {
         let exited = fake_index(pidfd).and_then(|index| {
-            let world = self.world();
+            let mut world = self.world();
+            if world.failing_exit_waits > 0 {
+                world.failing_exit_waits -= 1;
+                return Err(errno(libc::EIO));
+            }
             let process = world
                 .processes
                 .get(index)

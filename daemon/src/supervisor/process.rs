@@ -102,18 +102,26 @@ impl Leader {
         Some(status)
     }
 
-    /// Waits until the leader exits and reaps it (see [`Self::reap`]).
+    /// Waits until the leader exits and reaps it (see [`Self::reap`]). The group is killed
+    /// and the leader reaped only once its pidfd says it exited: a failed wait is retried (at
+    /// most once a second), never taken for an exit.
     async fn wait_exit(&self, kill_group: bool) -> ExitStatus {
+        let mut pause = Duration::from_millis(50);
         loop {
-            if let Err(e) = self.host.pidfd_exited(&self.pidfd).await {
-                tracing::error!(pid = %self.pid, "waiting for a server's exit failed: {e}");
+            match self.host.pidfd_exited(&self.pidfd).await {
+                Ok(()) => {
+                    if let Some(status) = self.reap(kill_group) {
+                        return status;
+                    }
+                    // Exited but nothing to reap yet: a tracer holds the zombie, or the
+                    // kernel's surprise. Look again, less often the longer it lasts.
+                }
+                Err(e) => {
+                    tracing::error!(pid = %self.pid, "waiting for a server's exit failed: {e}")
+                }
             }
-            if let Some(status) = self.reap(kill_group) {
-                return status;
-            }
-            // A readable pidfd means an exit: nothing to reap yet is the kernel's surprise (or
-            // the wait failed). Look again shortly rather than report an exit that was not.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 }

@@ -317,6 +317,38 @@ async fn an_exit_is_recorded_with_its_status_and_persisted() {
     assert_eq!(records[0].exit, Some(ExitStatus::Code(3)));
 }
 
+/// A wait for the exit that fails is no exit: the process group of a live server is not
+/// killed and the server is not reported exited; the real exit is still seen afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_failed_wait_for_the_exit_kills_nothing() {
+    let host = Arc::new(FakeHost::new());
+    host.add(Proc::new(409, ALICE).child());
+    host.fail_exit_waits(3);
+    let sup = supervisor(&host, process_groups());
+    launch(&sup, &alice(), 409, None);
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(host.alive(409));
+    assert_eq!(state_of(&sup, &alice()), ServerState::Running);
+    assert!(
+        !host
+            .events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::KillGroup(_))),
+        "{:?}",
+        host.events()
+    );
+
+    host.exit(409, 0);
+    while state_of(&sup, &alice()) == ServerState::Running {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        state_of(&sup, &alice()),
+        ServerState::Exited(ExitStatus::Code(0))
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn signal_reaches_the_main_process_and_then_reports_no_process() {
     let host = Arc::new(FakeHost::new());
