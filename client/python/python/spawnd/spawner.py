@@ -9,13 +9,40 @@ import asyncio
 import html
 import time
 
-from jupyterhub.spawner import Spawner, SpawnException
+from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
+from tornado import web
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 
 from ._native import Client, DaemonUnreachable, SpawndError
 
 __all__ = ["SpawndSpawner"]
+
+try:
+    from jupyterhub.spawner import SpawnException  # JupyterHub >= 6.0
+except ImportError:
+
+    class SpawnException(web.HTTPError):
+        """JupyterHub 6's SpawnException, for JupyterHub 3.1 to 5.x.
+
+        Those hubs show a failed spawn's message from the exception's `jupyterhub_message`
+        (spawn page, progress events; `jupyterhub_html_message` when set; `_spawn_error` sets
+        them), and answer the REST API with an HTTPError's `log_message % args`: that is the
+        message here, whatever `%` it contains, with the status code given. The hub logs
+        `str()`, which is the log message, as in 6.0.
+        """
+
+        def __init__(self, message, *, reason, log_message="", message_html="", status_code=400):
+            super().__init__(status_code, "%s", message, reason=reason)
+            self.message = message
+            self.message_html = message_html
+            self.spawnd_log_message = log_message or message
+
+        def __str__(self):
+            return (
+                f"{self.status_code} SpawnException(reason={self.reason}): "
+                f"{self.spawnd_log_message}"
+            )
 
 
 # One client (one connection) per socket path, shared by every spawner of the hub.
@@ -37,8 +64,12 @@ def _port_interval():
 
 
 def _spawn_error(message, *, reason, log_message=None):
-    """The failure the user sees on the spawn page (and the hub logs)."""
-    return SpawnException(message, reason=reason, log_message=log_message or message)
+    """The failure the user sees on the spawn page and in the REST answer; the hub logs
+    `log_message`. Every JupyterHub line shows a failed spawn's `jupyterhub_message` on the
+    spawn page (6.x would show `str()`, the log message, without it)."""
+    e = SpawnException(message, reason=reason, log_message=log_message or message)
+    e.jupyterhub_message = message
+    return e
 
 
 class SpawndSpawner(Spawner):
@@ -125,13 +156,19 @@ class SpawndSpawner(Spawner):
             f"{options}\n</select>"
         )
 
-    # `options_from_form` is a configurable trait of Spawner (a callable, or "passthrough" /
-    # "simple"): only its default is changed here, so that an operator's setting still wins.
+    # `options_from_form` is a configurable trait of Spawner (a callable, and from JupyterHub
+    # 5.0 also "passthrough" / "simple"): only its default is changed here, so that an
+    # operator's setting still wins. Without a choice of profiles it stays the hub's own
+    # default, which passes the form on as it is: `_passthrough_options_from_form` from 5.0,
+    # `_default_options_from_form` before. (This method's name must be neither.)
     @default("options_from_form")
-    def _default_options_from_form(self):
-        if len(self.profiles) < 2:
-            return self._passthrough_options_from_form
-        return self._profile_options_from_form
+    def _spawnd_options_from_form(self):
+        if len(self.profiles) >= 2:
+            return self._profile_options_from_form
+        stock = getattr(self, "_passthrough_options_from_form", None)
+        if stock is None:
+            stock = self._default_options_from_form
+        return stock
 
     def _profile_options_from_form(self, formdata):
         chosen = formdata.get("profile", [self.profile])
