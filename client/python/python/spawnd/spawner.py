@@ -6,7 +6,11 @@ the user with the operator's profile, and supervises it. Nothing here needs root
 """
 
 import asyncio
+import grp
 import html
+import os
+import pwd
+import stat
 import time
 
 from jupyterhub.spawner import Spawner
@@ -70,6 +74,108 @@ def _spawn_error(message, *, reason, log_message=None):
     e = SpawnException(message, reason=reason, log_message=log_message or message)
     e.jupyterhub_message = message
     return e
+
+
+# --- what an unreachable daemon means for the operator ---------------------------------------
+
+_START_SPAWND = "Start it (systemctl start spawnd.socket spawnd.service) and check its log."
+
+
+def _unreachable_message(socket, kind, detail, connect_timeout):
+    """Why the hub cannot reach spawnd, and what to fix, in sentences for the operator who
+    reads the spawn page or the hub's log. `kind` is DaemonUnreachable's first argument (from
+    the native client: PermissionDenied, NoSocket, NotListening, Busy, Unreachable)."""
+    if kind == "PermissionDenied":
+        return _permission_problem(socket)
+    if kind == "NoSocket":
+        return (
+            f"There is no socket at {socket}: spawnd is not running, or its `socket` (in "
+            f"spawnd.toml) is not c.SpawndSpawner.socket. {_START_SPAWND}"
+        )
+    if kind == "NotListening":
+        return (
+            f"Nothing listens on {socket}: spawnd is not running (the socket file is left "
+            f"from an earlier run). {_START_SPAWND}"
+        )
+    if kind == "Busy":
+        return (
+            f"spawnd did not accept the connection within {connect_timeout:g} s (its backlog "
+            "stayed full): it is overloaded or stuck. Check its log and `spawnctl status`."
+        )
+    return f"{detail[:1].upper()}{detail[1:]}. Check that spawnd runs, and its log."
+
+
+def _hub_account():
+    """The hub's user name and the names of the groups this process has."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    names = []
+    for gid in sorted({os.getegid(), *os.getgroups()}):
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            names.append(str(gid))
+    return user, names
+
+
+def _permission_problem(socket):
+    """Permission denied connecting to `socket`: which directory, group or mode to fix."""
+    user, groups = _hub_account()
+    who = f"the hub runs as {user} (groups: {', '.join(groups) or 'none'})"
+    try:
+        st = os.stat(socket)
+    except PermissionError:
+        # A directory on the way cannot be searched by the hub: name the first one.
+        blocked, d = None, os.path.dirname(os.path.abspath(socket))
+        while True:
+            if not os.access(d, os.X_OK):
+                blocked = d
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+        return (
+            f"Permission denied on the way to {socket}: {who} and may not enter the directory "
+            f"{blocked or os.path.dirname(socket)}. Every directory above the socket must be "
+            "searchable (x) by the hub: spawnd creates the socket's directory 0755, as does "
+            "spawnd.socket (DirectoryMode=0755)."
+        )
+    except OSError as e:
+        return f"Permission denied on {socket} ({e})."
+    mode = stat.S_IMODE(st.st_mode)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group_entry = grp.getgrgid(st.st_gid)
+        group, members = group_entry.gr_name, group_entry.gr_mem
+    except KeyError:
+        group, members = str(st.st_gid), []
+    where = f"Permission denied on {socket} ({owner}:{group}, mode {mode:04o}); {who}."
+    in_group = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+    if not in_group:
+        if user in members:
+            fix = (
+                f"{user} is a member of {group} in the group database, but this hub process "
+                "started before it was added: restart the hub."
+            )
+        else:
+            fix = (
+                f"Add {user} to the group {group} (usermod -aG {group} {user}) and restart "
+                "the hub, or give the socket the hub's group: `socket_group` in spawnd.toml "
+                "(SocketGroup= in spawnd.socket under systemd)."
+            )
+    elif mode & 0o060 != 0o060:
+        fix = (
+            f"The socket's group {group} needs read and write permission: mode 0660, as "
+            "spawnd and spawnd.socket (SocketMode=0660) create it."
+        )
+    else:
+        fix = "Check the socket's ACLs and the hub's security policy (SELinux, AppArmor)."
+    return f"{where} {fix}"
 
 
 class SpawndSpawner(Spawner):
@@ -199,6 +305,9 @@ class SpawndSpawner(Spawner):
             )
         return chosen
 
+    def _unreachable(self, kind, detail):
+        return _unreachable_message(self.socket, kind, detail, self.connect_timeout)
+
     @property
     def client(self):
         key = (self.socket, self.connect_timeout)
@@ -270,10 +379,12 @@ class SpawndSpawner(Spawner):
         try:
             started = await self.client.start(user, name, profile, args, env, self.port)
         except DaemonUnreachable as e:
+            kind, detail = e.args
             raise _spawn_error(
-                f"The server could not be started: spawnd is not reachable ({e.args[1]}). "
-                "Ask the administrator to check that spawnd is running.",
+                "The server could not be started: the hub cannot reach spawnd. For the hub's "
+                "administrator: " + self._unreachable(kind, detail),
                 reason="spawnd_unreachable",
+                log_message=f"cannot reach spawnd to start {self._log_name}: {kind}: {detail}",
             ) from None
         except SpawndError as e:
             kind, message = e.args
@@ -375,9 +486,9 @@ class SpawndSpawner(Spawner):
             polled = await self.client.poll(self.user.name, self.name, self.instance)
         except DaemonUnreachable as e:
             self.log.warning(
-                "spawnd unreachable while polling %s (%s); assuming it still runs",
+                "spawnd unreachable while polling %s; assuming it still runs: %s",
                 self._log_name,
-                e.args[1],
+                self._unreachable(*e.args),
             )
             return None
         except SpawndError as e:
@@ -426,7 +537,7 @@ class SpawndSpawner(Spawner):
                 if time.monotonic() >= deadline:
                     raise RuntimeError(
                         f"cannot stop {self._log_name}: spawnd unreachable for "
-                        f"{self.unreachable_retry:g} s ({e.args[1]})"
+                        f"{self.unreachable_retry:g} s: {self._unreachable(*e.args)}"
                     ) from None
                 self.log.warning("spawnd unreachable, retrying stop of %s", self._log_name)
                 await asyncio.sleep(delay)
