@@ -178,6 +178,39 @@ def _permission_problem(socket):
     return f"{where} {fix}"
 
 
+# --- JupyterHub's cleanup_servers ------------------------------------------------------------
+
+_cleanup_servers_checked = False
+
+
+def _warn_if_hub_stops_servers():
+    """Once per hub process: warn in the hub's log when c.JupyterHub.cleanup_servers is on
+    (JupyterHub's default). The hub then stops every server when it shuts down, so that a hub
+    restart or upgrade ends all users' sessions, although spawnd keeps servers running on
+    their own and the restarted hub finds them again.
+
+    Called when the hub logs which spawner it uses at start-up (it reads
+    `spawnd.__version__`), and when it makes a SpawndSpawner."""
+    global _cleanup_servers_checked
+    if _cleanup_servers_checked:
+        return
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:
+        return
+    if not JupyterHub.initialized():
+        return  # not in a hub (yet)
+    _cleanup_servers_checked = True
+    app = JupyterHub.instance()
+    if getattr(app, "cleanup_servers", False):
+        app.log.warning(
+            "c.JupyterHub.cleanup_servers is True (JupyterHub's default): this hub stops "
+            "every user's server when it shuts down, so a hub restart or upgrade ends all "
+            "sessions. SpawndSpawner's servers outlive the hub and a restarted hub finds them "
+            "again: set c.JupyterHub.cleanup_servers = False."
+        )
+
+
 class SpawndSpawner(Spawner):
     """Start, poll and stop single-user servers through the spawnd daemon.
 
@@ -243,6 +276,10 @@ class SpawndSpawner(Spawner):
     # Exit status of the known instance once spawnd reported its exit (its record is then
     # dropped from spawnd's table: see _forget_exited).
     _exit_code = None
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _warn_if_hub_stops_servers()
 
     @default("options_form")
     def _default_options_form(self):
