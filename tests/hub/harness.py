@@ -1,8 +1,11 @@
 """Harness for the JupyterHub end-to-end tests: real users, the real spawnd as root, a real
-JupyterHub 6.1.1 (as an unprivileged hub user) with configurable-http-proxy, and real
+JupyterHub (as an unprivileged hub user) with configurable-http-proxy, and real
 jupyterhub-singleuser servers.
 
-Everything comes from /opt/spawnd-dev (made by scripts/hub-env). Names made here start with
+Everything comes from /opt/spawnd-dev (made by scripts/hub-env; SPAWND_DEV_PREFIX names another
+place): JupyterHub 6.1.1 from its venv, or the JupyterHub of another venv when the tests run
+with that venv's python (`scripts/hub-env --jupyterhub 3`, then
+`/opt/spawnd-dev/venv-jh3/bin/python -m pytest tests/hub`). Names made here start with
 `spwh` (users and groups, GECOS "spawnd hub test user") and `/tmp/spawnd-hubtest-` (directories,
 cgroups), so these tests never touch what the Rust harness (`spwt`, `/tmp/spawnd-test-`) makes,
 and vice versa. A lock file keeps two runs of this suite from cleaning up each other.
@@ -37,10 +40,12 @@ from spawnd_host import (  # noqa: E402,F401 - the shared root-harness helpers (
     wait_for,
 )
 
-PREFIX = Path("/opt/spawnd-dev")
+PREFIX = Path(os.environ.get("SPAWND_DEV_PREFIX") or "/opt/spawnd-dev")
 SPAWND = PREFIX / "bin" / "spawnd"
 SPAWNCTL = PREFIX / "bin" / "spawnctl"
-VENV = PREFIX / "venv"
+# The venv whose python runs the tests: the hub, its servers and the in-process spawners all use
+# the same JupyterHub.
+VENV = Path(sys.prefix)
 JUPYTERHUB = VENV / "bin" / "jupyterhub"
 SINGLEUSER = VENV / "bin" / "jupyterhub-singleuser"
 CHP = PREFIX / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -321,7 +326,7 @@ c = get_config()  # noqa: F821
 c.JupyterHub.spawner_class = "spawnd"  # the entry point, as an operator would write it
 c.SpawndSpawner.socket = {socket!r}
 c.SpawndSpawner.profile = "default"
-c.SpawndSpawner.profiles = {{"default": "JupyterLab", "failing": "exits at once (tests)"}}
+{profiles}
 
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = {password!r}
@@ -341,8 +346,7 @@ c.JupyterHub.pid_file = "{dir}/jupyterhub.pid"
 c.ConfigurableHTTPProxy.pid_file = "{dir}/jupyterhub-proxy.pid"
 
 c.JupyterHub.allow_named_servers = True
-# Servers outlive the hub: a restarted hub finds them through the spawner's state.
-c.JupyterHub.cleanup_servers = False
+{cleanup_servers}
 
 c.JupyterHub.services = [{{"name": "spawnd-tests", "api_token": {token!r}}}]
 c.JupyterHub.load_roles = [{{"name": "admin", "services": ["spawnd-tests"]}}]
@@ -353,18 +357,33 @@ c.JupyterHub.log_level = "DEBUG"
 """
 
 
+PROFILES = """\
+c.SpawndSpawner.profiles = {"default": "JupyterLab", "failing": "exits at once (tests)"}"""
+
+CLEANUP_SERVERS_OFF = """\
+# Servers outlive the hub: a restarted hub finds them through the spawner's state.
+c.JupyterHub.cleanup_servers = False"""
+
+
 class Hub:
-    """JupyterHub 6.1.1 running as the hub user (setpriv), starting configurable-http-proxy."""
+    """JupyterHub (of the venv running the tests) running as the hub user (setpriv), starting
+    configurable-http-proxy.
+
+    The session's hub offers the profiles `default` and `failing` (a choice on the spawn page)
+    and keeps servers across its restarts (`cleanup_servers = False`); `plain=True` makes a hub
+    with neither: no profile choice (the hub's own form handling) and JupyterHub's default
+    `cleanup_servers`."""
 
     HTTP_TIMEOUT = 30
 
-    def __init__(self, root, users, daemon):
+    def __init__(self, root, users, daemon, name="hub", plain=False):
         self.root = Path(root)
         self.users = users
         self.daemon = daemon
-        self.dir = self.root / "hub"
+        self.plain = plain
+        self.dir = self.root / name
         self.config = self.dir / "jupyterhub_config.py"
-        self.log_path = self.root / "logs" / "hub.log"
+        self.log_path = self.root / "logs" / f"{name}.log"
         self.token = secrets.token_hex(32)
         self.password = secrets.token_urlsafe(12)
         self.proxy_token = secrets.token_hex(32)
@@ -391,6 +410,8 @@ class Hub:
                 dir=self.dir,
                 token=self.token,
                 http_timeout=self.HTTP_TIMEOUT,
+                profiles="" if self.plain else PROFILES,
+                cleanup_servers="" if self.plain else CLEANUP_SERVERS_OFF,
             )
         )
         self.config.chmod(0o644)
@@ -549,6 +570,43 @@ class Hub:
             if line and line.startswith("data:"):
                 events.append(json.loads(line[5:]))
         return r.status_code, "", events
+
+    def login(self, name):
+        """A browser session of user `name` (DummyAuthenticator), with its _xsrf token."""
+        s = requests.Session()
+        r = s.get(f"{self.url}/hub/login", timeout=30)
+        assert r.status_code == 200, f"GET /hub/login: {r.status_code}"
+        m = re.search(r'name="_xsrf"\s+value="([^"]+)"', r.text)
+        xsrf = m.group(1) if m else s.cookies.get("_xsrf", "")
+        r = s.post(
+            f"{self.url}/hub/login",
+            data={"username": name, "password": self.password, "_xsrf": xsrf},
+            timeout=30,
+            allow_redirects=False,
+        )
+        assert r.status_code in (302, 303), f"login of {name}: {r.status_code} {r.text[:500]}"
+        return s
+
+    def xsrf(self, session):
+        """The _xsrf token a form of this session's pages posts (JupyterHub >= 4.1 checks it;
+        3.x pages have none)."""
+        r = session.get(f"{self.url}/hub/home", timeout=30)
+        assert r.status_code == 200, f"GET /hub/home: {r.status_code}"
+        m = re.search(r'xsrf_token: "([^"]*)"', r.text)
+        return m.group(1) if m else ""
+
+    def wait_ready(self, name, server="", timeout=90):
+        def ready():
+            m = self.server_model(name, server)
+            return m if m and m.get("ready") else None
+
+        model = wait_for(ready, timeout, 0.2)
+        last = self.server_model(name, server)
+        assert model, f"{name}/{server} not ready within {timeout} s: {last}"
+        return model
+
+    def log_text(self):
+        return Path(self.log_path).read_text(errors="replace")
 
     def get_through_proxy(self, path):
         return self.session.get(f"{self.url}{path}", timeout=30, allow_redirects=False)

@@ -1,5 +1,6 @@
-"""SpawndSpawner with a real JupyterHub 6.1.1: start, reach, stop, named servers, refusals,
-fast failure of a server that exits at once, hub restarts, and an unreachable daemon."""
+"""SpawndSpawner with a real JupyterHub (6.1.1, or the JupyterHub of the venv running the tests):
+start, reach, stop, named servers, refusals, fast failure of a server that exits at once, hub
+restarts, an unreachable daemon and why, the spawn form, and the cleanup_servers warning."""
 
 import asyncio
 import os
@@ -257,9 +258,8 @@ def test_a_start_that_fails_or_is_cancelled_leaves_the_port_budget(env):
     """start() spreads its port tries over all the servers of the hub that are starting (a
     count kept by the module). A start that fails or is cancelled while it waits must leave
     that count, or every later start of the hub would try its port less often."""
-    from jupyterhub.spawner import SpawnException
-
     import spawnd.spawner as spawner_module
+    from spawnd.spawner import SpawnException  # JupyterHub's from 6.0, spawnd's stand-in before
 
     class Spawner(spawner_module.SpawndSpawner):
         # No hub around it: no API token or hub URL to pass on.
@@ -376,3 +376,150 @@ def test_interpreter_exits_cleanly_after_concurrent_calls(env):
     for attempt in range(15):
         r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, f"attempt {attempt}: exit {r.returncode}\n{r.stderr[-2000:]}"
+
+
+CLEANUP_WARNING = "c.JupyterHub.cleanup_servers is True"
+
+
+def last_start(log_text):
+    """The part of a hub log written since the hub's last start (harness.Hub.start marks it)."""
+    return log_text.rsplit("===== hub start at", 1)[-1]
+
+
+def test_spawn_says_why_spawnd_cannot_be_reached(env, started):
+    """A daemon that is not running and a socket the hub may not open are told apart, on the
+    spawn page (progress event) and in the REST answer, with what the operator must fix."""
+    a, hub, daemon = env.users.a, env.hub, env.daemon
+    started.append((a.name, ""))
+    sock = daemon.socket
+
+    def failed_spawn():
+        r = hub.api("POST", f"/users/{a.name}/server")
+        assert r.status_code >= 400, f"the spawn did not fail: {r.status_code} {r.text}"
+        rest = r.json().get("message", "")
+        status, text, events = hub.progress_events(a.name)
+        assert status == 200 and events and events[-1].get("failed"), (status, text, events)
+        return rest, events[-1]["message"]
+
+    try:
+        # spawnd killed: its socket file stays behind and nothing listens on it
+        daemon.kill_hard()
+        for m in failed_spawn():
+            assert "spawnd is not running" in m and f"Nothing listens on {sock}" in m, m
+            assert "ermission denied" not in m, m
+
+        # spawnd runs, but its socket belongs to a group the hub is not in
+        daemon.start()  # closes the hub's connection: the next request connects again
+        os.chown(sock, 0, env.users.group_gid)
+        for m in failed_spawn():
+            assert f"Permission denied on {sock} (root:{env.users.group}, mode 0660)" in m, m
+            assert f"usermod -aG {env.users.group} {env.users.hub.name}" in m, m
+            assert "not running" not in m, m
+
+        # the hub's group, but a mode that gives the group nothing
+        os.chown(sock, 0, env.users.hub.gid)
+        os.chmod(sock, 0o600)
+        for m in failed_spawn():
+            assert f"Permission denied on {sock} (root:{env.users.hub_group}, mode 0600)" in m, m
+            assert "needs read and write permission: mode 0660" in m, m
+            assert "not running" not in m, m
+
+        # the socket is fine, but the hub may not enter its directory
+        os.chmod(sock, 0o660)
+        sock.parent.chmod(0o700)
+        for m in failed_spawn():
+            assert f"Permission denied on the way to {sock}" in m, m
+            assert f"may not enter the directory {sock.parent}." in m, m
+    finally:
+        if daemon.proc.poll() is not None:
+            daemon.start()
+        sock.parent.chmod(0o755)
+        os.chown(sock, 0, env.users.hub.gid)
+        os.chmod(sock, 0o660)
+
+    # Repaired: the same hub starts the server without a restart.
+    hub.start_server(a.name)
+    pid = server_pid(env, a)
+    hub.stop_server(a.name)
+    assert_nothing_left(env, a, pid)
+
+
+def test_spawn_form_chooses_the_profile(env, started):
+    """With profiles to choose from, the spawn page offers them and the form's choice starts
+    that profile (SpawndSpawner's own options_from_form)."""
+    b = env.users.b
+    started.append((b.name, ""))
+    s = env.hub.login(b.name)
+    r = s.get(f"{env.hub.url}/hub/spawn", timeout=30)
+    assert r.status_code == 200 and 'id="spawnd-profile"' in r.text, (r.status_code, r.text[:2000])
+    r = s.post(
+        f"{env.hub.url}/hub/spawn",
+        data={"profile": "default", "_xsrf": env.hub.xsrf(s)},
+        timeout=60,
+        allow_redirects=False,
+    )
+    assert r.status_code in (302, 303), f"form POST: {r.status_code} {r.text[:2000]}"
+    model = env.hub.wait_ready(b.name)
+    assert model["user_options"] == {"profile": "default"}, model
+    pid = server_pid(env, b)
+    env.hub.stop_server(b.name)
+    assert_nothing_left(env, b, pid)
+
+
+def test_hub_with_jupyterhubs_defaults(env, started):
+    """A second hub on the same spawnd, with JupyterHub's default cleanup_servers and no choice
+    of profiles: SpawndSpawner warns once in the hub's log that the hub will stop every server
+    when it shuts down, and the hub's own form handling passes the spawn page's query and form
+    on as they are (JupyterHub before 5.0 has no `_passthrough_options_from_form`)."""
+    b = env.users.b
+    started.append((b.name, ""))
+    # The session's hub keeps its servers: no warning there.
+    assert CLEANUP_WARNING not in env.hub.log_text()
+
+    plain = harness.Hub(env.root, env.users, env.daemon, name="plainhub", plain=True)
+    plain.setup()
+    try:
+        plain.start()
+        # Warned at start-up (no spawner exists yet), once.
+        assert last_start(plain.log_text()).count(CLEANUP_WARNING) == 1, harness.tail(
+            plain.log_path, 60
+        )
+        plain.create_user(b.name)
+        s = plain.login(b.name)
+
+        # GET /hub/spawn?x=1: the query becomes the user options
+        r = s.get(f"{plain.url}/hub/spawn?x=1", timeout=60, allow_redirects=False)
+        assert r.status_code in (302, 303), f"GET /hub/spawn?x=1: {r.status_code} {r.text[:2000]}"
+        model = plain.wait_ready(b.name)
+        assert model["user_options"].get("x") == ["1"], model
+        pid = server_pid_of(plain, env, b)
+        plain.stop_server(b.name)
+        assert_nothing_left(env, b, pid)
+
+        # a form POST: the form's fields become the user options
+        r = s.post(
+            f"{plain.url}/hub/spawn",
+            data={"y": "2", "_xsrf": plain.xsrf(s)},
+            timeout=60,
+            allow_redirects=False,
+        )
+        assert r.status_code in (302, 303), f"form POST: {r.status_code} {r.text[:2000]}"
+        model = plain.wait_ready(b.name)
+        assert model["user_options"].get("y") == ["2"], model
+        pid = server_pid_of(plain, env, b)
+        plain.stop_server(b.name)
+        assert_nothing_left(env, b, pid)
+
+        # Every spawner the hub made since: still the one warning.
+        assert last_start(plain.log_text()).count(CLEANUP_WARNING) == 1
+    finally:
+        plain.stop()
+
+
+def server_pid_of(hub, env, user, server=""):
+    """server_pid() for another hub than the session's."""
+    model = hub.server_model(user.name, server)
+    pid = (model.get("state") or {}).get("pid")
+    listed = env.daemon.find(user.name, server)
+    assert pid and len(listed) == 1 and listed[0]["pid"] == pid, (model, listed)
+    return pid

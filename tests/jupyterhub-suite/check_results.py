@@ -1,6 +1,7 @@
 """Reads pytest's JUnit XML for test_spawner.py and judges it against expected.txt.
 
-    python check_results.py JUNIT.xml expected.txt [--scope all|spawner|stock] [--partial]
+    python check_results.py JUNIT.xml expected.txt [--scope all|spawner|stock]
+        [--jupyterhub MAJOR] [--partial]
 
 Prints one line per test that did not pass (with its expected-failure reason when listed), the
 tests that pass although expected to fail, and a closing summary line. Exit status:
@@ -13,10 +14,12 @@ import sys
 import xml.etree.ElementTree as ET
 
 
-def read_expected(path, scope):
+def read_expected(path, scope, major=None):
     """expected.txt lines: `min_passed[SCOPE] N` and `fail[SCOPE,...] TEST REASON...`
-    (# starts a comment line)."""
+    (# starts a comment line). A scope may name a JupyterHub major version, `spawner@4`: the
+    line then applies to that version only, and its min_passed wins over the plain scope's."""
     min_passed, expected = 0, {}
+    versioned_min = None
     with open(path) as f:
         for number, line in enumerate(f, 1):
             line = line.strip()
@@ -26,14 +29,21 @@ def read_expected(path, scope):
             word, _, scopes = head.partition("[")
             if not scopes.endswith("]") or word not in ("min_passed", "fail"):
                 raise SystemExit(f"{path}:{number}: cannot read {line!r}")
-            if scope not in scopes[:-1].split(","):
+            tokens = scopes[:-1].split(",")
+            versioned = major is not None and f"{scope}@{major}" in tokens
+            if scope not in tokens and not versioned:
                 continue
             rest = rest.strip()
             if word == "min_passed":
-                min_passed = int(rest)
+                if versioned:
+                    versioned_min = int(rest)
+                else:
+                    min_passed = int(rest)
             else:
                 test, _, reason = rest.partition(" ")
                 expected[test] = reason.strip()
+    if versioned_min is not None:
+        min_passed = versioned_min
     return min_passed, expected
 
 
@@ -63,10 +73,11 @@ def main():
     ap.add_argument("junit")
     ap.add_argument("expected")
     ap.add_argument("--scope", default="all", choices=["all", "spawner", "stock"])
+    ap.add_argument("--jupyterhub", metavar="MAJOR", help="JupyterHub major version (3, 4, ...)")
     ap.add_argument("--partial", action="store_true")
     args = ap.parse_args()
 
-    min_passed, expected = read_expected(args.expected, args.scope)
+    min_passed, expected = read_expected(args.expected, args.scope, args.jupyterhub)
     results = read_junit(args.junit)
     passed = sorted(t for t, (o, _) in results.items() if o == "passed")
     not_passed = sorted(t for t, (o, _) in results.items() if o != "passed")
@@ -102,8 +113,10 @@ def main():
         print(f"FAIL: {len(passed)} passed, fewer than the recorded {min_passed}")
         ok = False
     verdict = "as expected" if ok else "REGRESSION"
+    version = f"JupyterHub {args.jupyterhub}, " if args.jupyterhub else ""
     print(
-        f"{args.scope}: {len(passed)} of {len(results)} pass, {len(not_passed) - len(unexpected)} "
+        f"{version}{args.scope}: {len(passed)} of {len(results)} pass, "
+        f"{len(not_passed) - len(unexpected)} "
         f"documented expected failures, {len(unexpected)} unexpected: {verdict}"
     )
     return 0 if ok else 1

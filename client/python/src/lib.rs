@@ -6,7 +6,10 @@
 //! all of them when it restarts), and a request the daemon had not received before closing is
 //! sent again on the new one (see `spawnd_client::ReconnectingClient`). Daemon errors become
 //! `SpawndError(kind, message)`; a daemon that cannot be reached becomes `DaemonUnreachable`
-//! (a subclass), which says nothing about the servers: they outlive the daemon.
+//! (a subclass), which says nothing about the servers: they outlive the daemon. Its kind says
+//! why: `PermissionDenied` (the socket or a directory above it refuses this user), `NoSocket`,
+//! `NotListening` (a stale socket: the daemon is not running), `Busy` (its backlog stayed full
+//! for the connect timeout) or `Unreachable` (anything else, a connection closed under a call).
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -44,10 +47,26 @@ create_exception!(
     "spawnd could not be reached (not running, socket missing, or connection lost)."
 );
 
+/// Why the daemon could not be reached, as the `kind` of `DaemonUnreachable`: the hub tells the
+/// operator what to fix, and "permission denied" needs another fix than "not running".
+fn unreachable_kind(e: &ClientError) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e {
+        ClientError::Connect { source, .. } => match source.kind() {
+            K::PermissionDenied => "PermissionDenied",
+            K::NotFound | K::NotADirectory => "NoSocket",
+            K::ConnectionRefused => "NotListening",
+            _ => "Unreachable",
+        },
+        ClientError::Busy { .. } => "Busy",
+        _ => "Unreachable",
+    }
+}
+
 fn to_py(e: ClientError) -> PyErr {
     let kind = match e.kind() {
         Some(k) => k.as_str().to_string(),
-        None if e.is_daemon_unreachable() => "Unreachable".to_string(),
+        None if e.is_daemon_unreachable() => unreachable_kind(&e).to_string(),
         None => "Client".to_string(),
     };
     let message = match e.daemon_error() {

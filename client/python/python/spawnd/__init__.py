@@ -9,6 +9,7 @@
 """
 
 import atexit as _atexit
+import sys as _sys
 import time as _time
 
 from ._native import (
@@ -21,8 +22,8 @@ from ._native import (
     Started,
     Status,
     Stopped,
-    __version__,
 )
+from ._native import __version__ as _version
 
 __all__ = [
     "Client",
@@ -56,6 +57,15 @@ def _native_used():
 
 
 def __getattr__(name):
+    if name == "__version__":
+        # JupyterHub reads the spawner's package version when it logs "Using Spawner: ..." at
+        # start-up, its configuration loaded: the moment to check that configuration once. (The
+        # hub imports the spawner earlier, while the hub itself is being constructed; without
+        # this the check waits for the hub's first SpawndSpawner.)
+        spawner = _sys.modules.get(__name__ + ".spawner")
+        if spawner is not None:
+            spawner._warn_if_hub_stops_servers()
+        return _version
     # The spawner imports jupyterhub; load it only when asked for.
     if name == "SpawndSpawner":
         from .spawner import SpawndSpawner

@@ -6,16 +6,47 @@ the user with the operator's profile, and supervises it. Nothing here needs root
 """
 
 import asyncio
+import grp
 import html
+import os
+import pwd
+import stat
 import time
 
-from jupyterhub.spawner import Spawner, SpawnException
+from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
+from tornado import web
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 
 from ._native import Client, DaemonUnreachable, SpawndError
 
 __all__ = ["SpawndSpawner"]
+
+try:
+    from jupyterhub.spawner import SpawnException  # JupyterHub >= 6.0
+except ImportError:
+
+    class SpawnException(web.HTTPError):
+        """JupyterHub 6's SpawnException, for JupyterHub 3.1 to 5.x.
+
+        Those hubs show a failed spawn's message from the exception's `jupyterhub_message`
+        (spawn page, progress events; `jupyterhub_html_message` when set; `_spawn_error` sets
+        them), and answer the REST API with an HTTPError's `log_message % args`: that is the
+        message here, whatever `%` it contains, with the status code given. The hub logs
+        `str()`, which is the log message, as in 6.0.
+        """
+
+        def __init__(self, message, *, reason, log_message="", message_html="", status_code=400):
+            super().__init__(status_code, "%s", message, reason=reason)
+            self.message = message
+            self.message_html = message_html
+            self.spawnd_log_message = log_message or message
+
+        def __str__(self):
+            return (
+                f"{self.status_code} SpawnException(reason={self.reason}): "
+                f"{self.spawnd_log_message}"
+            )
 
 
 # One client (one connection) per socket path, shared by every spawner of the hub.
@@ -37,8 +68,147 @@ def _port_interval():
 
 
 def _spawn_error(message, *, reason, log_message=None):
-    """The failure the user sees on the spawn page (and the hub logs)."""
-    return SpawnException(message, reason=reason, log_message=log_message or message)
+    """The failure the user sees on the spawn page and in the REST answer; the hub logs
+    `log_message`. Every JupyterHub line shows a failed spawn's `jupyterhub_message` on the
+    spawn page (6.x would show `str()`, the log message, without it)."""
+    e = SpawnException(message, reason=reason, log_message=log_message or message)
+    e.jupyterhub_message = message
+    return e
+
+
+# --- what an unreachable daemon means for the operator ---------------------------------------
+
+_START_SPAWND = "Start it (systemctl start spawnd.socket spawnd.service) and check its log."
+
+
+def _unreachable_message(socket, kind, detail, connect_timeout):
+    """Why the hub cannot reach spawnd, and what to fix, in sentences for the operator who
+    reads the spawn page or the hub's log. `kind` is DaemonUnreachable's first argument (from
+    the native client: PermissionDenied, NoSocket, NotListening, Busy, Unreachable)."""
+    if kind == "PermissionDenied":
+        return _permission_problem(socket)
+    if kind == "NoSocket":
+        return (
+            f"There is no socket at {socket}: spawnd is not running, or its `socket` (in "
+            f"spawnd.toml) is not c.SpawndSpawner.socket. {_START_SPAWND}"
+        )
+    if kind == "NotListening":
+        return (
+            f"Nothing listens on {socket}: spawnd is not running (the socket file is left "
+            f"from an earlier run). {_START_SPAWND}"
+        )
+    if kind == "Busy":
+        return (
+            f"spawnd did not accept the connection within {connect_timeout:g} s (its backlog "
+            "stayed full): it is overloaded or stuck. Check its log and `spawnctl status`."
+        )
+    return f"{detail[:1].upper()}{detail[1:]}. Check that spawnd runs, and its log."
+
+
+def _hub_account():
+    """The hub's user name and the names of the groups this process has."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    names = []
+    for gid in sorted({os.getegid(), *os.getgroups()}):
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            names.append(str(gid))
+    return user, names
+
+
+def _permission_problem(socket):
+    """Permission denied connecting to `socket`: which directory, group or mode to fix."""
+    user, groups = _hub_account()
+    who = f"the hub runs as {user} (groups: {', '.join(groups) or 'none'})"
+    try:
+        st = os.stat(socket)
+    except PermissionError:
+        # A directory on the way cannot be searched by the hub: name the first one.
+        blocked, d = None, os.path.dirname(os.path.abspath(socket))
+        while True:
+            if not os.access(d, os.X_OK):
+                blocked = d
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+        return (
+            f"Permission denied on the way to {socket}: {who} and may not enter the directory "
+            f"{blocked or os.path.dirname(socket)}. Every directory above the socket must be "
+            "searchable (x) by the hub: spawnd creates the socket's directory 0755, as does "
+            "spawnd.socket (DirectoryMode=0755)."
+        )
+    except OSError as e:
+        return f"Permission denied on {socket} ({e})."
+    mode = stat.S_IMODE(st.st_mode)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group_entry = grp.getgrgid(st.st_gid)
+        group, members = group_entry.gr_name, group_entry.gr_mem
+    except KeyError:
+        group, members = str(st.st_gid), []
+    where = f"Permission denied on {socket} ({owner}:{group}, mode {mode:04o}); {who}."
+    in_group = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+    if not in_group:
+        if user in members:
+            fix = (
+                f"{user} is a member of {group} in the group database, but this hub process "
+                "started before it was added: restart the hub."
+            )
+        else:
+            fix = (
+                f"Add {user} to the group {group} (usermod -aG {group} {user}) and restart "
+                "the hub, or give the socket the hub's group: `socket_group` in spawnd.toml "
+                "(SocketGroup= in spawnd.socket under systemd)."
+            )
+    elif mode & 0o060 != 0o060:
+        fix = (
+            f"The socket's group {group} needs read and write permission: mode 0660, as "
+            "spawnd and spawnd.socket (SocketMode=0660) create it."
+        )
+    else:
+        fix = "Check the socket's ACLs and the hub's security policy (SELinux, AppArmor)."
+    return f"{where} {fix}"
+
+
+# --- JupyterHub's cleanup_servers ------------------------------------------------------------
+
+_cleanup_servers_checked = False
+
+
+def _warn_if_hub_stops_servers():
+    """Once per hub process: warn in the hub's log when c.JupyterHub.cleanup_servers is on
+    (JupyterHub's default). The hub then stops every server when it shuts down, so that a hub
+    restart or upgrade ends all users' sessions, although spawnd keeps servers running on
+    their own and the restarted hub finds them again.
+
+    Called when the hub logs which spawner it uses at start-up (it reads
+    `spawnd.__version__`), and when it makes a SpawndSpawner."""
+    global _cleanup_servers_checked
+    if _cleanup_servers_checked:
+        return
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:
+        return
+    if not JupyterHub.initialized():
+        return  # not in a hub (yet)
+    _cleanup_servers_checked = True
+    app = JupyterHub.instance()
+    if getattr(app, "cleanup_servers", False):
+        app.log.warning(
+            "c.JupyterHub.cleanup_servers is True (JupyterHub's default): this hub stops "
+            "every user's server when it shuts down, so a hub restart or upgrade ends all "
+            "sessions. SpawndSpawner's servers outlive the hub and a restarted hub finds them "
+            "again: set c.JupyterHub.cleanup_servers = False."
+        )
 
 
 class SpawndSpawner(Spawner):
@@ -107,6 +277,10 @@ class SpawndSpawner(Spawner):
     # dropped from spawnd's table: see _forget_exited).
     _exit_code = None
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _warn_if_hub_stops_servers()
+
     @default("options_form")
     def _default_options_form(self):
         if len(self.profiles) < 2:
@@ -125,13 +299,19 @@ class SpawndSpawner(Spawner):
             f"{options}\n</select>"
         )
 
-    # `options_from_form` is a configurable trait of Spawner (a callable, or "passthrough" /
-    # "simple"): only its default is changed here, so that an operator's setting still wins.
+    # `options_from_form` is a configurable trait of Spawner (a callable, and from JupyterHub
+    # 5.0 also "passthrough" / "simple"): only its default is changed here, so that an
+    # operator's setting still wins. Without a choice of profiles it stays the hub's own
+    # default, which passes the form on as it is: `_passthrough_options_from_form` from 5.0,
+    # `_default_options_from_form` before. (This method's name must be neither.)
     @default("options_from_form")
-    def _default_options_from_form(self):
-        if len(self.profiles) < 2:
-            return self._passthrough_options_from_form
-        return self._profile_options_from_form
+    def _spawnd_options_from_form(self):
+        if len(self.profiles) >= 2:
+            return self._profile_options_from_form
+        stock = getattr(self, "_passthrough_options_from_form", None)
+        if stock is None:
+            stock = self._default_options_from_form
+        return stock
 
     def _profile_options_from_form(self, formdata):
         chosen = formdata.get("profile", [self.profile])
@@ -161,6 +341,9 @@ class SpawndSpawner(Spawner):
                 f"Profile {chosen!r} is not offered here", reason="profile"
             )
         return chosen
+
+    def _unreachable(self, kind, detail):
+        return _unreachable_message(self.socket, kind, detail, self.connect_timeout)
 
     @property
     def client(self):
@@ -233,10 +416,12 @@ class SpawndSpawner(Spawner):
         try:
             started = await self.client.start(user, name, profile, args, env, self.port)
         except DaemonUnreachable as e:
+            kind, detail = e.args
             raise _spawn_error(
-                f"The server could not be started: spawnd is not reachable ({e.args[1]}). "
-                "Ask the administrator to check that spawnd is running.",
+                "The server could not be started: the hub cannot reach spawnd. For the hub's "
+                "administrator: " + self._unreachable(kind, detail),
                 reason="spawnd_unreachable",
+                log_message=f"cannot reach spawnd to start {self._log_name}: {kind}: {detail}",
             ) from None
         except SpawndError as e:
             kind, message = e.args
@@ -338,9 +523,9 @@ class SpawndSpawner(Spawner):
             polled = await self.client.poll(self.user.name, self.name, self.instance)
         except DaemonUnreachable as e:
             self.log.warning(
-                "spawnd unreachable while polling %s (%s); assuming it still runs",
+                "spawnd unreachable while polling %s; assuming it still runs: %s",
                 self._log_name,
-                e.args[1],
+                self._unreachable(*e.args),
             )
             return None
         except SpawndError as e:
@@ -389,7 +574,7 @@ class SpawndSpawner(Spawner):
                 if time.monotonic() >= deadline:
                     raise RuntimeError(
                         f"cannot stop {self._log_name}: spawnd unreachable for "
-                        f"{self.unreachable_retry:g} s ({e.args[1]})"
+                        f"{self.unreachable_retry:g} s: {self._unreachable(*e.args)}"
                     ) from None
                 self.log.warning("spawnd unreachable, retrying stop of %s", self._log_name)
                 await asyncio.sleep(delay)
