@@ -25,6 +25,7 @@
 
 mod blocking;
 mod calls;
+pub mod cli;
 mod client;
 mod connect;
 mod error;

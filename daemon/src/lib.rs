@@ -4,6 +4,8 @@
 //! The binary (`main.rs`) is thin; the pieces live here (`ARCHITECTURE.md` at the top of the
 //! repository has the whole picture: a request's flow, the privilege boundary, where each
 //! invariant is enforced):
+//! - [`cli`]: the command line of `spawnd` (the binary parses it; the man page is made from
+//!   it);
 //! - [`config`]: the TOML configuration and its validation (`spawnd check-config`), and the
 //!   path safety walker;
 //! - [`auth`]: roles from the kernel's peer credentials, and the one authorization decision;
@@ -28,6 +30,7 @@
 #![deny(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod host;

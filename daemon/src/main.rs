@@ -3,8 +3,9 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use sd_notify::NotifyState;
+use spawnd::cli::{Cli, Command};
 use spawnd::config::{self, Config, OnShutdown};
 use spawnd::launch::{Launcher, OWN_EXECUTABLE};
 use spawnd::server::Daemon;
@@ -20,34 +21,6 @@ use tokio_seqpacket::UnixSeqpacketListener;
 /// Listen backlog: a whole lecture logging in at once must not see EAGAIN (the kernel caps it
 /// at net.core.somaxconn).
 const BACKLOG: i32 = 4096;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "spawnd",
-    version,
-    about = "Starts, supervises and stops JupyterHub single-user servers as their users, for an \
-             unprivileged hub"
-)]
-struct Cli {
-    /// Configuration file.
-    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Validate a configuration file and print every problem with its key; exit 1 if any.
-    CheckConfig {
-        /// The file to check (default: --config).
-        path: Option<PathBuf>,
-    },
-    /// The launcher process the daemon starts for itself (its channel is descriptor 3); not
-    /// for use by hand.
-    #[command(hide = true)]
-    Launcher,
-}
 
 fn main() -> std::process::ExitCode {
     // Descriptors 0 to 2 open (on /dev/null where they are closed), so that no socket or file
@@ -392,15 +365,4 @@ fn bind(config: &Config) -> Result<UnixSeqpacketListener> {
         })?;
     }
     Ok(listener)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_consistent() {
-        Cli::command().debug_assert();
-    }
 }
