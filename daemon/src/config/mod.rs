@@ -40,9 +40,11 @@ mod settings;
 pub use env::{DEFAULT_ENV_KEEP, env_forbidden};
 pub use parse::{MAX_TIMEOUT_SECS, Problem};
 pub use paths::{PathError, PathProblem, check_config_file, check_private_dir};
+pub use profile::PROFILE_KEYS;
 pub use program::{ProgramError, ProgramProblem, check_program};
 pub use rlimits::{Rlimit, UNLIMITED};
 pub use schema::*;
+pub use settings::TOP_KEYS;
 
 impl Config {
     /// Reads, parses and validates the file at `path`.

@@ -21,7 +21,9 @@ use super::schema::{
     DEFAULT_UMASK, Profile,
 };
 
-const PROFILE_KEYS: &[&str] = &[
+/// Every key of a `[profiles.NAME]` table (`spawnd.toml(5)` documents each; the xtask checks
+/// it).
+pub const PROFILE_KEYS: &[&str] = &[
     "command",
     "path",
     "env",

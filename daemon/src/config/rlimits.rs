@@ -26,7 +26,8 @@ pub enum Rlimit {
 }
 
 impl Rlimit {
-    const ALL: [Rlimit; 9] = [
+    /// Every limit a profile may set.
+    pub const ALL: [Rlimit; 9] = [
         Rlimit::As,
         Rlimit::Core,
         Rlimit::Cpu,

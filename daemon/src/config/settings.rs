@@ -32,7 +32,8 @@ use super::schema::{
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
-const TOP_KEYS: &[&str] = &[
+/// Every top-level key of the file (`spawnd.toml(5)` documents each; the xtask checks it).
+pub const TOP_KEYS: &[&str] = &[
     "socket",
     "socket_group",
     "hub_user",
