@@ -135,8 +135,8 @@ fn the_toml_page_states_the_daemons_defaults() {
             assert!(text.contains(&want), "{key}: wanted {want:?} in:\n{text}");
         }
     }
-    // The limits are the socket's and the directories' in the units and the tmpfiles entry.
-    assert_eq!(config::DEFAULT_PATH, "/etc/spawnd/spawnd.toml");
+    // The page's SYNOPSIS and FILES name the default file.
+    assert!(SPAWND_TOML_5.contains(&format!(".I {}\n", config::DEFAULT_PATH)));
 }
 
 #[test]
