@@ -248,6 +248,7 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
         ),
         ("status", enc(16, &Request::Status), true),
         ("status-id-max", enc(u32::MAX, &Request::Status), true),
+        ("health", enc(99, &Request::Health), true),
         // Refused ones: each exercises one check of the decoder.
         ("empty", Vec::new(), false),
         ("version-only", wire(&VERSION), false),
@@ -260,10 +261,10 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
             }),
             false,
         ),
-        // Status is the last variant of Request.
+        // Health is the last variant of Request.
         (
             "unknown-variant",
-            next_variant(18, &enc(18, &Request::Status)),
+            next_variant(18, &enc(18, &Request::Health)),
             false,
         ),
         (
@@ -588,9 +589,23 @@ fn response_seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
             true,
         ),
         ("status", r(11, &status), true),
+        (
+            "health",
+            r(
+                15,
+                &Response::Health(vec![
+                    "THE HUB CANNOT CONNECT: jupyterhub cannot connect".into(),
+                ]),
+            ),
+            true,
+        ),
         ("empty", Vec::new(), false),
-        // Status is the last variant of Response.
-        ("unknown-variant", next_variant(12, &r(12, &status)), false),
+        // Health is the last variant of Response.
+        (
+            "unknown-variant",
+            next_variant(12, &r(12, &Response::Health(Vec::new()))),
+            false,
+        ),
         (
             "unknown-error-kind",
             {
