@@ -50,8 +50,11 @@ from spawnd_host import (  # noqa: E402 - the shared root-harness helpers
 )
 
 PREFIX = Path("/opt/spawnd-dev")
-SPAWND = PREFIX / "bin" / "spawnd"
-SPAWNCTL = PREFIX / "bin" / "spawnctl"
+# SPAWND_BENCH_DAEMON_DIR=DIR measures the spawnd and spawnctl in DIR instead (an A/B
+# comparison of two builds in the same conditions: run the parts alternately for each).
+DAEMON_DIR = Path(os.environ.get("SPAWND_BENCH_DAEMON_DIR", PREFIX / "bin"))
+SPAWND = DAEMON_DIR / "spawnd"
+SPAWNCTL = DAEMON_DIR / "spawnctl"
 BENCH_BIN = PREFIX / "bench" / "bin"
 BENCH = BENCH_BIN / "spawnd-bench"
 SERVER = BENCH_BIN / "spawnd-bench-server"
