@@ -46,7 +46,9 @@ pub use daemon::{
 };
 pub use peer::{RawConn, RawRecv, connect_as, connect_root};
 pub use requests::{expect_err, sid, start, start_req};
-pub use users::{TestGroup, TestUser, TestUsers, add_test_user, remove_from_group, users};
+pub use users::{
+    TestGroup, TestUser, TestUsers, add_second_entry, add_test_user, remove_from_group, users,
+};
 
 use std::time::{Duration, Instant};
 

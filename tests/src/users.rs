@@ -142,6 +142,18 @@ pub fn add_test_user(tag: &str, useradd_args: &[&str]) -> TestUser {
     add_user(&name, useradd_args)
 }
 
+/// A second passwd entry named after `tag` with the uid and home of `of` (`useradd -o`), in the
+/// server group: another name for the same account, as a directory service's alias or a
+/// local entry sharing an LDAP uid would be.
+pub fn add_second_entry(tag: &str, of: &TestUser) -> TestUser {
+    let uid = of.uid.to_string();
+    let home = of.home.display().to_string();
+    let group = users().group.name.clone();
+    let second = add_test_user(tag, &["-o", "-u", &uid, "-g", &group, "-M", "-d", &home]);
+    assert_eq!(second.uid, of.uid, "useradd -o kept the uid");
+    second
+}
+
 /// `gpasswd -d USER GROUP` (retrying while another process holds the group file's lock).
 pub fn remove_from_group(user: &str, group: &str) {
     let out = run_account_tool("gpasswd", &["-d", user, group]);

@@ -500,21 +500,7 @@ async fn deny_users_holds_for_every_name_of_the_account() {
     require_root!();
     let u = users();
     let denied = spawnd_tests::add_test_user("denied", &["-m", "-G", &u.group.name]);
-    let uid = denied.uid.to_string();
-    let alias = spawnd_tests::add_test_user(
-        "denialias",
-        &[
-            "-o",
-            "-u",
-            &uid,
-            "-g",
-            &u.group.name,
-            "-M",
-            "-d",
-            &denied.home.display().to_string(),
-        ],
-    );
-    assert_eq!(alias.uid, denied.uid);
+    let alias = spawnd_tests::add_second_entry("denialias", &denied);
     let d = TestDaemon::start(DaemonOptions {
         deny_users: vec![denied.name.clone()],
         ..options("")
@@ -530,7 +516,7 @@ async fn deny_users_holds_for_every_name_of_the_account() {
         ErrorKind::PolicyDenied,
     );
     assert!(
-        e.message.contains("deny_users") && e.message.contains(&uid),
+        e.message.contains("deny_users") && e.message.contains(&denied.uid.to_string()),
         "{}",
         e.message
     );
@@ -769,21 +755,7 @@ async fn a_user_cannot_read_the_log_of_another_passwd_entry_with_its_uid() {
     require_root!();
     let u = users();
     let own = add_test_user("rvown", &["-m", "-G", &u.group.name]);
-    let uid = own.uid.to_string();
-    let other = add_test_user(
-        "rvother",
-        &[
-            "-o",
-            "-u",
-            &uid,
-            "-g",
-            &u.group.name,
-            "-M",
-            "-d",
-            &own.home.display().to_string(),
-        ],
-    );
-    assert_eq!(other.uid, own.uid);
+    let other = spawnd_tests::add_second_entry("rvother", &own);
     let mut profiles = standard_profiles();
     profiles.push(Profile::shell(
         "secret",
