@@ -135,21 +135,25 @@ fn run(config_path: &Path) -> Result<()> {
             group = %config.group,
             "ready"
         );
-        // A socket the hub cannot reach looks fine from here: every spawn would fail in the
-        // hub. Say so loudly now (and in `spawnctl status`).
-        let (socket, hub_uid) = (config.socket.clone(), config.hub_uid);
-        let problems =
-            tokio::task::spawn_blocking(move || socket_access::problems(&socket, hub_uid))
-                .await
-                .unwrap_or_default();
-        for problem in problems {
-            tracing::error!("{problem}");
-        }
         let source = config.source.clone();
         let daemon = Daemon::new(config, supervisor, launcher);
         tokio::spawn(daemon.clone().serve(listener));
         tokio::spawn(spawnd::log_limit::watch(daemon.clone()));
         notify(&[NotifyState::Ready]);
+        // A socket the hub cannot reach looks fine from here: every spawn would fail in the
+        // hub. Say so loudly (and in `spawnctl status`); checked after READY, so that a slow
+        // directory service or a hung mount above the socket never holds up serving.
+        let config = daemon.config();
+        let (socket, hub_uid) = (config.socket.clone(), config.hub_uid);
+        tokio::spawn(async move {
+            let problems =
+                tokio::task::spawn_blocking(move || socket_access::problems(&socket, hub_uid))
+                    .await
+                    .unwrap_or_default();
+            for problem in problems {
+                tracing::error!("{problem}");
+            }
+        });
         tokio::spawn(report_to_systemd(daemon.clone()));
         signals.run(daemon, source).await
     });
@@ -250,9 +254,11 @@ async fn report_to_systemd(daemon: std::sync::Arc<Daemon>) {
     let watchdog = sd_notify::watchdog_enabled().map(|w| w / 2);
     let mut last_status = String::new();
     let mut last_ping = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(
-        watchdog.map_or(STATUS_CHECK_INTERVAL, |w| w.min(STATUS_CHECK_INTERVAL)),
-    );
+    // Ticks at half the ping period at most: a tick handled late never puts a ping past the
+    // watchdog's deadline.
+    let mut tick = tokio::time::interval(watchdog.map_or(STATUS_CHECK_INTERVAL, |w| {
+        (w / 2).min(STATUS_CHECK_INTERVAL)
+    }));
     loop {
         tick.tick().await;
         let (running, exited) = daemon.supervisor().counts();

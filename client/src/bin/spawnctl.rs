@@ -250,8 +250,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Status => {
             let status = client.status()?;
-            // Health is the admin's and the hub's; an older daemon does not know it.
-            let problems = client.health().ok();
+            // Health is the admin's and the hub's (a self-service user's request would only be
+            // refused, and audited); an older daemon does not know it.
+            let problems = match status.your_role.as_str() {
+                "admin" | "hub" => client.health().ok(),
+                _ => None,
+            };
             print(&render_status(&status, problems.as_deref()))
         }
         Command::List { json } => {
