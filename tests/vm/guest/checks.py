@@ -199,9 +199,20 @@ def file_labels():
 def tmpfiles_after_relabel():
     # What every boot's systemd-tmpfiles-setup.service does, and README step 5, once the
     # directories carry spawnd's labels (issue #14 (a): "Failed to fstat(/var/lib/spawnd)").
+    # As root from a login shell (README step 5) ...
     r = sh("systemd-tmpfiles", "--create", "spawnd.conf", ok=False)
     assert r.returncode == 0, f"systemd-tmpfiles --create spawnd.conf exited {r.returncode}: {r.stderr.strip()}"
-    return "systemd-tmpfiles --create spawnd.conf: exit 0 on the labelled directories"
+    # ... and as at boot (systemd-tmpfiles-setup.service: started by systemd, it runs in
+    # systemd_tmpfiles_t), in a transient unit.
+    r = sh("systemd-run", "--wait", "--quiet", "--collect", "-p", "StandardError=journal",
+           "--unit", "vmtest-tmpfiles", "/usr/bin/systemd-tmpfiles", "--create", "spawnd.conf",
+           ok=False)
+    log = sh("journalctl", "-u", "vmtest-tmpfiles", "-o", "cat", "--no-pager", ok=False).stdout
+    said = [line for line in log.splitlines() if "tmpfiles" not in line.lower() or "fail" in line.lower()]
+    assert r.returncode == 0, (f"systemd-tmpfiles --create spawnd.conf as at boot "
+                               f"(systemd_tmpfiles_t) failed: {' / '.join(said[-3:]) or r.stderr.strip()}")
+    return ("systemd-tmpfiles --create spawnd.conf: exit 0 from a root shell and as at boot "
+            "(systemd_tmpfiles_t), on the labelled directories")
 
 
 @check
@@ -569,7 +580,11 @@ def main():
             line = f"PASS  {fn.__name__:<36} {figure}  [{time.monotonic() - t0:.0f} s]"
             RESULTS.append(True)
         except Exception as e:  # noqa: BLE001 - a failed check is reported, the rest still run
-            msg = str(e) if isinstance(e, AssertionError) else traceback.format_exc(limit=3)
+            if isinstance(e, AssertionError):
+                msg = str(e)
+            else:
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                msg = f"{type(e).__name__}: {e} (checks.py line {where.lineno})"
             line = f"FAIL  {fn.__name__:<36} {msg}  [{time.monotonic() - t0:.0f} s]"
             RESULTS.append(False)
         say(line)
