@@ -384,8 +384,8 @@ def reload_good_file():
     sh("systemctl", "reload", "spawnd.service")
     assert main_pid("spawnd.service") == pid, "the daemon was replaced by a reload"
     assert show("spawnd.service", "ActiveState") == "active"
-    log = wait_for(lambda: re.search(r"[^\n]*reload[^\n]*", journal_since("spawnd.service", t_usec), re.I),
-                   20, 0.5, "a reload line in the journal")
+    log = wait_for(lambda: re.search(r"configuration reloaded from [^\n]*", journal_since("spawnd.service", t_usec)),
+                   20, 0.5, "the daemon's \"configuration reloaded\" line in the journal")
     return f"systemctl reload: exit 0, same daemon (pid {pid}); journal: \"{log.group(0)[:100]}\""
 
 
@@ -394,6 +394,8 @@ def profile_under_usr_local_libexec():
     # issue #14 (b): a profile program in /usr/local/libexec (usr_t on Debian) passed
     # check-config and then failed every start with "Permission denied".
     label = file_type(LIBEXEC_SERVER)
+    r = api("POST", "/users/bob")
+    assert r.status_code in (201, 409), f"create hub user bob: {r.status_code} {r.text[:200]}"
     r = api("POST", "/users/bob/server", json={"profile": "libexec"})
     assert r.status_code in (201, 202), f"start bob (profile libexec): {r.status_code} {r.text[:400]}"
     try:
@@ -488,14 +490,17 @@ def confined_hub_domain_connects():
 
 @check
 def outsider_refused():
+    r = api("POST", "/users/mallory")
+    assert r.status_code in (201, 409), f"create hub user mallory: {r.status_code} {r.text[:200]}"
     r = api("POST", "/users/mallory/server")
     text = r.text
     if r.status_code in (201, 202):
         time.sleep(3)
         text = json.dumps(server_model("mallory"))
-    assert "not a member of group" in text or r.status_code >= 400, f"mallory: {r.status_code} {text[:300]}"
+    assert "not a member of group" in text, f"mallory: {r.status_code} {text[:300]}"
     assert not listed("mallory"), "mallory has a server"
-    return f"mallory (not in jupyterhub-users): {r.status_code}, {'reason given' if 'not a member' in text else text[:80]}"
+    reason = re.search(r"[^\"]*not a member of group[^\"]*", text).group(0)
+    return f"mallory (not in jupyterhub-users): {r.status_code}, \"{reason[:100]}\""
 
 
 @check
@@ -553,13 +558,25 @@ def avc_denials(since=BOOT_EPOCH):
 def no_denials_involving_spawnd():
     all_denials = avc_denials()
     (C.out / "avc-denials.txt").write_text("\n".join(all_denials) + "\n")
+    # Any denial that names one of spawnd's types, as source or target: the daemon's, the
+    # servers', and the hub's (or anyone's) access to spawnd's socket, files and processes. The
+    # negative control of confined_hub_domain_connects is the one expected.
     ours = [d for d in all_denials if SPAWND_TYPES.search(d) and NOHUB_DOMAIN not in d]
-    hub = [d for d in all_denials if getattr(C, "hub_domain", None)
-           and f":{C.hub_domain}:" in d and ("jupyterhub" in d or "python" in d or "node" in d)]
-    problems = ours + [d for d in hub if d not in ours]
-    assert not problems, f"{len(problems)} denial(s):\n" + "\n".join(problems[:20])
-    return (f"0 denials involve spawnd's types or the hub's processes "
-            f"({len(all_denials)} denials in all this boot, dontaudit off; avc-denials.txt)")
+    assert not ours, f"{len(ours)} denial(s) involving spawnd's types:\n" + "\n".join(ours[:20])
+    # The hub's own denials (its domain, nothing of spawnd's) are reported, not failed: they
+    # are the hub's and its unit's business (README step 7 says which ones to expect).
+    hub = getattr(C, "hub_domain", None)
+    kinds = {}
+    for d in all_denials:
+        if hub and f"scontext=system_u:system_r:{hub}:" in d:
+            perm = re.search(r"\{ ([^}]*) \}", d)
+            tgt = re.search(r"tcontext=[^:]*:[^:]*:([^:]*):", d)
+            comm = re.search(r'comm="([^"]*)"', d)
+            key = f"{comm.group(1) if comm else '?'} {perm.group(1).strip() if perm else '?'} {tgt.group(1) if tgt else '?'}"
+            kinds[key] = kinds.get(key, 0) + 1
+    hub_note = "; ".join(f"{k} ×{n}" for k, n in sorted(kinds.items())) or "none"
+    return (f"0 denials involve spawnd's types ({len(all_denials)} denials in all this boot, "
+            f"dontaudit off; avc-denials.txt). The hub's own ({hub}): {hub_note}")
 
 
 def main():
