@@ -164,6 +164,14 @@ fn step_failure_message(step: Step, errno: i32, s: &SpecSummary) -> String {
              ownership and permissions",
             s.home
         ),
+        Step::Exec if errno == libc::EACCES && selinux_enforcing() => format!(
+            "could not execute {} as user {user} ({err}); SELinux is enforcing: the file's \
+             label (ls -Z) must be one that spawnd's policy lets its servers start from \
+             (bin_t, usr_t or a shell), for example `semanage fcontext -a -t bin_t '{}' && \
+             restorecon '{}'`; the denial is in the audit log (ausearch -m avc -ts recent); \
+             else check that the user can read and execute it and every directory above it",
+            s.program, s.program, s.program
+        ),
         Step::Exec => format!(
             "could not execute {} as user {user} ({err}); check that the file exists and that \
              the user can read and execute it and every directory above it",
@@ -202,6 +210,12 @@ fn step_failure_message(step: Step, errno: i32, s: &SpecSummary) -> String {
 }
 
 /// The interpreter named by a script's `#!` line, if it has one.
+/// Whether SELinux is enforcing on this host (`/sys/fs/selinux/enforce` reads 1): an exec
+/// refused with EACCES is then most likely the policy's doing, not the file's mode.
+fn selinux_enforcing() -> bool {
+    std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok_and(|v| v.trim() == "1")
+}
+
 fn interpreter_of(program: &str) -> Option<String> {
     use std::io::Read;
     let mut head = [0u8; 256];
