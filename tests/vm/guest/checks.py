@@ -362,6 +362,9 @@ def restart_hub_keeps_server():
 
 
 LIBEXEC_SERVER = Path("/usr/local/libexec/spawnd-vmtest/server")
+# A program with a label spawnd's policy does not start servers from (etc_t): the start must
+# fail and say that SELinux is the likely cause, with the fix. Its denials are expected.
+FOREIGN_SERVER = Path("/usr/local/libexec/spawnd-vmtest/foreign-label")
 
 
 @check
@@ -372,12 +375,18 @@ def reload_good_file():
     sh("restorecon", "-RF", "/usr/local/libexec")
     conf = Path("/etc/spawnd/spawnd.toml")
     C.good_conf = conf.read_text()
+    FOREIGN_SERVER.write_text(LIBEXEC_SERVER.read_text())
+    FOREIGN_SERVER.chmod(0o755)
     conf.write_text(
         C.good_conf
         + "\n[profiles.libexec]\n"
         + f'command = ["{LIBEXEC_SERVER}"]\n'
         + 'path = "/opt/jupyterhub/bin:/usr/local/bin:/usr/bin:/bin"\n'
+        + "\n[profiles.foreign]\n"
+        + f'command = ["{FOREIGN_SERVER}"]\n'
+        + 'path = "/opt/jupyterhub/bin:/usr/local/bin:/usr/bin:/bin"\n'
     )
+    C.good_conf = conf.read_text()
     sh("spawnd", "check-config", conf)
     pid = main_pid("spawnd.service")
     t_usec = int(time.time() * 1e6)
@@ -413,6 +422,23 @@ def profile_under_usr_local_libexec():
     wait_for(lambda: server_model("bob") is None, 120, 1, "bob's server stopped")
     wait_for(lambda: not [p for p in pids_of("bob") if alive(p)], 30, 0.5, "bob's processes gone")
     return f"{LIBEXEC_SERVER} ({label}) started as bob in spawnd_server_t, stopped"
+
+
+@check
+def foreign_label_says_selinux():
+    sh("chcon", "-t", "etc_t", FOREIGN_SERVER)
+    label = file_type(FOREIGN_SERVER)
+    r = api("POST", "/users/bob/server", json={"profile": "foreign"})
+    text = r.text
+    if r.status_code in (201, 202):
+        wait_for(lambda: server_model("bob") is None or not server_model("bob").get("pending"),
+                 120, 1, "bob's start to end")
+        text = json.dumps(api("GET", "/users/bob").json())
+    assert not listed("bob"), "a server started from an etc_t program"
+    assert "SELinux is enforcing" in text and "semanage fcontext" in text, (
+        f"the refusal does not point at SELinux: {r.status_code} {text[:400]}")
+    m = re.search(r"SELinux is enforcing[^\"]{0,100}", text)
+    return f"{FOREIGN_SERVER.name} ({label}): refused, \"…{(m.group(0) if m else text)[:120]}…\""
 
 
 @check
@@ -561,7 +587,8 @@ def no_denials_involving_spawnd():
     # Any denial that names one of spawnd's types, as source or target: the daemon's, the
     # servers', and the hub's (or anyone's) access to spawnd's socket, files and processes. The
     # negative control of confined_hub_domain_connects is the one expected.
-    ours = [d for d in all_denials if SPAWND_TYPES.search(d) and NOHUB_DOMAIN not in d]
+    ours = [d for d in all_denials if SPAWND_TYPES.search(d) and NOHUB_DOMAIN not in d
+            and FOREIGN_SERVER.name not in d]
     assert not ours, f"{len(ours)} denial(s) involving spawnd's types:\n" + "\n".join(ours[:20])
     # The hub's own denials (its domain, nothing of spawnd's) are reported, not failed: they
     # are the hub's and its unit's business (README step 7 says which ones to expect).
