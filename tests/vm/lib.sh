@@ -48,10 +48,11 @@ choose_accel() { # choose_accel IMAGE_DIR
         want=tcg
         if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
             local probe; probe=$(mktemp)
-            # (a subshell, so that qemu aborting under a broken nested KVM prints nothing)
+            # (in a subshell that outlives it, so that qemu aborting under a broken nested KVM
+            # is reported to /dev/null, not to the terminal)
             (timeout -k 2 15 qemu-system-x86_64 -accel kvm -cpu host -m 256 -display none \
                 -no-reboot -nic none -serial "file:$probe" -kernel "$1/vmlinuz" \
-                -append "console=ttyS0 panic=-1" >/dev/null 2>&1) 2>/dev/null || true
+                -append "console=ttyS0 panic=-1" >/dev/null 2>&1; exit 0) 2>/dev/null
             if grep -q 'Linux version' "$probe"; then want=kvm; fi
             rm -f "$probe"
         fi
