@@ -209,13 +209,13 @@ fn step_failure_message(step: Step, errno: i32, s: &SpecSummary) -> String {
     }
 }
 
-/// The interpreter named by a script's `#!` line, if it has one.
 /// Whether SELinux is enforcing on this host (`/sys/fs/selinux/enforce` reads 1): an exec
 /// refused with EACCES is then most likely the policy's doing, not the file's mode.
 fn selinux_enforcing() -> bool {
     std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok_and(|v| v.trim() == "1")
 }
 
+/// The interpreter named by a script's `#!` line, if it has one.
 fn interpreter_of(program: &str) -> Option<String> {
     use std::io::Read;
     let mut head = [0u8; 256];
