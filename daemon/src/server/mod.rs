@@ -424,6 +424,22 @@ async fn refuse_busy(socket: UnixSeqpacket, why: String, timeout: Duration, _ref
 /// spawnd` shows only messages): "hub uid 993 pid 4711: start alice/gpu: ok", "user uid 1001
 /// pid 88: signal bob: refused (Unauthorized): ..."; the same facts are fields as well.
 fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
+    // Read-only requests that succeed are frequent (the hub polls every server every 30 s),
+    // so they are audited at debug level; changes and refusals at info. Nothing is formatted
+    // for a level that is off: this runs for every request.
+    let changes = matches!(
+        request,
+        Request::Start(_) | Request::Stop { .. } | Request::Signal { .. }
+    );
+    let important = reply.is_err() || changes;
+    let enabled = if important {
+        tracing::enabled!(target: "audit", tracing::Level::INFO)
+    } else {
+        tracing::enabled!(target: "audit", tracing::Level::DEBUG)
+    };
+    if !enabled {
+        return;
+    }
     let target = request
         .target()
         .map(ToString::to_string)
@@ -455,13 +471,7 @@ fn audit(peer: &Peer, role: Role, request: &Request, reply: &Reply) {
             )
         };
     }
-    // Read-only requests that succeed are frequent (the hub polls every server every 30 s),
-    // so they are audited at debug level; changes and refusals at info.
-    let changes = matches!(
-        request,
-        Request::Start(_) | Request::Stop { .. } | Request::Signal { .. }
-    );
-    if reply.is_err() || changes {
+    if important {
         audit_event!(tracing::Level::INFO);
     } else {
         audit_event!(tracing::Level::DEBUG);
